@@ -1,0 +1,17 @@
+# The two set-up commands of the README: `make run` and `make test`.
+.PHONY: setup setup-test run test bench lab
+
+setup:
+	@scripts/setup.sh
+
+setup-test:
+	@scripts/setup.sh --test
+
+run: setup
+	.venv/bin/rasdctl --help
+
+test: setup-test
+	scripts/run-tests.sh
+
+bench: setup
+	.venv/bin/python bench/decode.py

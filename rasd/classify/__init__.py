@@ -1,0 +1,1 @@
+"""Classification: severity, containment and blast radius of each decoded event."""

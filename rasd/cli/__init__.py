@@ -1,0 +1,1 @@
+"""Command-line entry points: ``rasd`` (the daemon) and ``rasdctl``."""

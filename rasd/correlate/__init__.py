@@ -1,0 +1,1 @@
+"""Correlation: group the events of one real-world fault into an incident."""

@@ -1,0 +1,1 @@
+"""Sinks: the SQLite store, Prometheus metrics, journald alerts and actions."""
