@@ -1,0 +1,103 @@
+"""Decode throughput: a mixed CPER corpus decoded to JSON text, records per second.
+
+Corpus: platform memory errors, ARM processor errors with several error-information
+and context entries, PCIe errors and vendor sections, in both framings (ACPI status
+blocks and UEFI CPER records), with varying field values. The figure printed is
+end to end: bytes -> typed objects -> JSON text (one line per record), as
+``rasdctl decode --json`` does. Target on the 2-core dev machine: >= 30,000 records/s.
+
+    .venv/bin/python bench/decode.py [--records N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rasd.decode import cper  # noqa: E402
+from rasd.encode import cper as enc  # noqa: E402
+
+TARGET = 30_000
+
+
+def make_corpus(n: int, seed: int = 1) -> list[bytes]:
+    rnd = random.Random(seed)
+    builders = (_memory, _arm, _pcie, _mixed)
+    corpus = []
+    for i in range(n):
+        sections = builders[i % len(builders)](rnd)
+        framing = enc.encode_status_block if i % 2 == 0 else enc.encode_cper_record
+        corpus.append(framing(sections))
+    return corpus
+
+
+def _memory(rnd: random.Random) -> list:
+    mem = enc.memory_error(physical_addr=rnd.randrange(1 << 40) & ~0xFFF, node=rnd.randrange(4),
+                           card=0, module=rnd.randrange(16), rank=rnd.randrange(4),
+                           bank_group=rnd.randrange(4), bank_address=rnd.randrange(4),
+                           row=rnd.randrange(1 << 17), column=rnd.randrange(1024),
+                           error_type=rnd.choice((2, 3)), mem_dev_handle=rnd.randrange(64))
+    return [enc.section(mem, rnd.choice((enc.CORRECTED, enc.RECOVERABLE)),
+                        timestamp=enc.Timestamp.from_fields(2026, 11, 25, 4, 5, rnd.randrange(60)))]
+
+
+def _arm(rnd: random.Random) -> list:
+    infos = [enc.arm_error_info(0x02, error_info=0x7 | 1 << 16 | 3 << 18 | 2 << 22,
+                                physical_fault_addr=rnd.randrange(1 << 40)),
+             enc.arm_error_info(0x04, error_info=0x3 | 1 << 18),
+             enc.arm_error_info(0x08, error_info=0xFFF | 1 << 29, virt_fault_addr=rnd.randrange(1 << 48))]
+    ctx = [enc.arm_context(4, [rnd.randrange(1 << 64) for _ in range(32)]),
+           enc.arm_context(5, {"esr_el1": 0x96000010, "far_el1": rnd.randrange(1 << 48)})]
+    arm = enc.arm_processor(infos, ctx, mpidr=0x80000000 | rnd.randrange(64), midr=0x410FD0C0,
+                            running_state=1, vendor=bytes(16))
+    return [enc.section(arm, enc.RECOVERABLE)]
+
+
+def _pcie(rnd: random.Random) -> list:
+    sec = enc.pcie(port_type=4, version=(1, 0), command=0x0407, device=dict(
+        bus=rnd.randrange(256), device=rnd.randrange(32), function=rnd.randrange(8),
+        vendor_id=0x15B3, device_id=0x101B), aer=dict(uncor_status=1 << 14, cor_status=1))
+    return [enc.section(sec, enc.RECOVERABLE)]
+
+
+def _mixed(rnd: random.Random) -> list:
+    return _memory(rnd) + [enc.raw_section("12345678-1234-5678-1234-567812345678",
+                                           rnd.randbytes(48), enc.CORRECTED)]
+
+
+def decode_to_json(corpus: list[bytes]) -> int:
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    total = 0
+    for blob in corpus:
+        for rec in cper.decode_all(blob):
+            total += len(dumps(rec.to_dict()))
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    corpus = make_corpus(args.records)
+    size = sum(map(len, corpus))
+    best = 0.0
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        out = decode_to_json(corpus)
+        rate = len(corpus) / (time.perf_counter() - t0)
+        best = max(best, rate)
+    print(f"corpus: {len(corpus)} records, {size / len(corpus):.0f} bytes/record on average")
+    print(f"decode to JSON text: {best:,.0f} records/s (best of {args.rounds}), "
+          f"{out / len(corpus):.0f} JSON bytes/record")
+    print(f"target {TARGET:,} records/s: ratio {best / TARGET:.2f}")
+
+
+if __name__ == "__main__":
+    main()
