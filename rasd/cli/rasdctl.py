@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "in JSON even when it decoded")
     dec.add_argument("--bert", nargs="?", const=str(bert_mod.DEFAULT_TABLES), metavar="PATH",
                      help="read BERT (tables directory or region file; default %(const)s)")
+    dec.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one "
+                     f"per CPU from {PARALLEL_MIN_INPUTS} inputs on, else 1)")
     dec.add_argument("--arm-type", choices=("auto", "enum", "bitmask"), default="auto",
                      help="reading of the ARM error-info type byte (default: auto)")
     dec.set_defaults(func=cmd_decode)
@@ -84,81 +89,115 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- decode -------------------------------------------------------------------------------
 
-def _inputs(args: argparse.Namespace):
-    """(name, bytes | OSError | ValueError) for each input, in order."""
-    for name in args.files:
-        try:
-            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-            yield name, to_bytes(data)[0]
-        except (OSError, ValueError) as exc:
-            yield name, exc
+@dataclass(frozen=True)
+class DecodeOptions:
+    json: bool
+    raw: bool
+    arm_type: str
+
+
+@dataclass
+class Rendered:
+    """What one input produced: stdout text, stderr lines, and whether all of it decoded."""
+
+    out: str = ""
+    err: list[str] = field(default_factory=list)
+    ok: bool = True
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+PARALLEL_MIN_INPUTS = 64  # below this, starting worker processes costs more than it saves
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
     if not args.files and args.bert is None:
         print("rasdctl decode: give FILE(s), - for stdin, or --bert", file=sys.stderr)
         return EXIT_USAGE
-    out = Emitter(args)
+    opts = DecodeOptions(args.json, args.raw, args.arm_type)
+    results = []
     if args.bert is not None:
-        _decode_bert(args.bert, out)
-    for name, data in _inputs(args):
-        if isinstance(data, Exception):
-            out.input_error(name, str(data))
-            continue
-        records = cper.decode_all(data)
-        if not records:
-            out.input_error(name, "empty input")
-        for index, rec in enumerate(records):
-            _set_arm_reading(rec, args.arm_type)
-            out.record(name, index, rec)
-    return out.status
+        results.append(render_bert(args.bert, opts))
+    jobs = [(name, sys.stdin.buffer.read() if name == "-" else None, opts) for name in args.files]
+    results.extend(_render_all(jobs, args.jobs))
+    ok = True
+    for res in results:
+        sys.stdout.write(res.out)
+        for line in res.err:
+            print(line, file=sys.stderr)
+        ok &= res.ok
+    return EXIT_OK if ok else EXIT_DECODE_ERROR
 
 
-def _decode_bert(path: str, out: "Emitter") -> None:
+def _render_all(jobs: list, workers: int | None):
+    """Render inputs in order; many inputs are spread over worker processes."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) >= PARALLEL_MIN_INPUTS else 1
+    if workers <= 1 or len(jobs) < 2:
+        return map(render_input, jobs)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(render_input, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+
+
+def render_input(job: tuple[str, bytes | None, DecodeOptions]) -> Rendered:
+    name, data, opts = job
+    res = Rendered()
+    try:
+        raw = data if data is not None else Path(name).read_bytes()
+        blob = to_bytes(raw)[0]
+    except (OSError, ValueError) as exc:
+        _input_error(res, name, str(exc), opts)
+        return res
+    records = cper.decode_all(blob)
+    if not records:
+        _input_error(res, name, "empty input", opts)
+    parts = []
+    for index, rec in enumerate(records):
+        _set_arm_reading(rec, opts.arm_type)
+        parts.append(_render_record(res, name, index, rec, opts))
+    res.out = "".join(parts)
+    return res
+
+
+def render_bert(path: str, opts: DecodeOptions) -> Rendered:
+    res = Rendered()
+    source = f"BERT {path}"
     try:
         report = bert_mod.read_bert(path)
     except (OSError, DecodeError) as exc:
-        out.input_error(f"BERT {path}", str(exc))
-        return
+        _input_error(res, source, str(exc), opts)
+        return res
     if report.table is None and not report.records:
-        print(f"rasdctl: no BERT at {path}", file=sys.stderr)
-    for index, rec in enumerate(report.records):
-        out.record(f"BERT {path}", index, rec, consumed=rec.empty)
+        res.err.append(f"rasdctl: no BERT at {path}")
+    res.out = "".join(_render_record(res, source, index, rec, opts, consumed=rec.empty)
+                      for index, rec in enumerate(report.records))
+    return res
+
+
+def _render_record(res: Rendered, source: str, index: int, rec: cper.Record,
+                   opts: DecodeOptions, consumed: bool = False) -> str:
+    if rec.error is not None:
+        res.ok = False
+        res.err.append(f"rasdctl: {source}: record {index}: {rec.error}")
+    if not opts.json:
+        return format_record(rec, f"{source} #{index}", consumed) + "\n"
+    d = {"source": source, "index": index, **rec.to_dict(include_raw=opts.raw)}
+    if consumed:
+        d["consumed_by_kernel"] = True
+    return _dumps(d) + "\n"
+
+
+def _input_error(res: Rendered, source: str, reason: str, opts: DecodeOptions) -> None:
+    res.ok = False
+    res.err.append(f"rasdctl: {source}: {reason}")
+    if opts.json:
+        res.out += _dumps({"source": source, "index": None, "framing": None,
+                           "error": {"offset": None, "reason": reason}}) + "\n"
 
 
 def _set_arm_reading(rec: cper.Record, reading: str) -> None:
     for sec in rec.sections:
         if hasattr(sec.body, "type_reading"):
             sec.body.type_reading = reading
-
-
-class Emitter:
-    """Writes each record as a report or a JSON line and tracks the exit status."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.json = args.json
-        self.raw = args.raw
-        self.status = EXIT_OK
-        self.dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def record(self, source: str, index: int, rec: cper.Record, consumed: bool = False) -> None:
-        if rec.error is not None:
-            self.status = EXIT_DECODE_ERROR
-            print(f"rasdctl: {source}: record {index}: {rec.error}", file=sys.stderr)
-        if self.json:
-            d = {"source": source, "index": index, **rec.to_dict(include_raw=self.raw)}
-            if consumed:
-                d["consumed_by_kernel"] = True
-            sys.stdout.write(self.dumps(d) + "\n")
-        else:
-            sys.stdout.write(format_record(rec, f"{source} #{index}", consumed) + "\n")
-
-    def input_error(self, source: str, reason: str) -> None:
-        self.status = EXIT_DECODE_ERROR
-        print(f"rasdctl: {source}: {reason}", file=sys.stderr)
-        if self.json:
-            sys.stdout.write(self.dumps({"source": source, "index": None, "framing": None,
-                                         "error": {"offset": None, "reason": reason}}) + "\n")
 
 
 # --- decode-esr ---------------------------------------------------------------------------

@@ -93,7 +93,21 @@ CONTEXT_REGISTERS: dict[int, tuple[int, tuple[str, ...]]] = {
 MISC_REGISTER = struct.Struct("<HQ")  # MRS encoding + value, 10 bytes each
 
 
+_TYPE_CACHE: dict[tuple[int, str], tuple[list[str], str, bool]] = {}
+_FIELDS_CACHE: dict[tuple[int, str], dict] = {}
+
+
 def read_type(raw: int, reading: str = "auto") -> tuple[list[str], str, bool]:
+    """Cached ``_read_type``: 256 type values x 3 readings at most. Callers must not
+    mutate the returned list."""
+    key = (raw, reading)
+    hit = _TYPE_CACHE.get(key)
+    if hit is None:
+        hit = _TYPE_CACHE[key] = _read_type(raw, reading)
+    return hit
+
+
+def _read_type(raw: int, reading: str) -> tuple[list[str], str, bool]:
     """Names for an error-info ``type`` byte, the reading used and whether it was ambiguous.
 
     ``auto``: values only the enumeration can mean (0, 1, 3) read as the enumeration,
@@ -107,6 +121,29 @@ def read_type(raw: int, reading: str = "auto") -> tuple[list[str], str, bool]:
         return [TYPE_ENUM.get(raw, f"reserved_{raw}")], "enum", ambiguous
     names = [TYPE_BITMASK.get(1 << b, f"reserved_bit{b}") for b in range(8) if raw >> b & 1]
     return names, "bitmask", ambiguous
+
+
+def _error_info_fields(error_info: int, kind: str) -> dict:
+    out: dict = {}
+    if kind not in OPERATIONS and kind != "":
+        return out  # micro-architectural/vendor: error_info is vendor defined (cper-arm.c)
+    for name, bit, shift, width, bus_only in ERROR_INFO_FIELDS:
+        if bus_only and kind != "bus" or not error_info >> bit & 1:
+            continue
+        value = error_info >> shift & ((1 << width) - 1)
+        if name == "transaction_type":
+            out[name] = enum(value, TRANSACTION_TYPES)
+        elif name == "operation":
+            out[name] = enum(value, OPERATIONS.get(kind, {}))
+        elif name == "participation_type":
+            out[name] = enum(value, PARTICIPATION)
+        elif name == "address_space":
+            out[name] = enum(value, ADDRESS_SPACE)
+        elif width == 1:
+            out[name] = bool(value)
+        else:
+            out[name] = value
+    return out
 
 
 @dataclass(slots=True)
@@ -130,24 +167,15 @@ class ArmErrorInfo:
         return read_type(self.type, reading)[0]
 
     def error_info_fields(self, kind: str) -> dict:
-        out: dict = {}
-        for name, bit, shift, width, bus_only in ERROR_INFO_FIELDS:
-            if bus_only and kind != "bus" or not self.error_info >> bit & 1:
-                continue
-            value = self.error_info >> shift & ((1 << width) - 1)
-            if name == "transaction_type":
-                out[name] = enum(value, TRANSACTION_TYPES)
-            elif name == "operation":
-                out[name] = enum(value, OPERATIONS.get(kind, {}))
-            elif name == "participation_type":
-                out[name] = enum(value, PARTICIPATION)
-            elif name == "address_space":
-                out[name] = enum(value, ADDRESS_SPACE)
-            elif width == 1:
-                out[name] = bool(value)
-            else:
-                out[name] = value
-        return out
+        """The valid sub-fields of ``error_info`` for an entry of this kind (cached:
+        fleets repeat the same few values; the result must not be mutated)."""
+        key = (self.error_info, kind)
+        hit = _FIELDS_CACHE.get(key)
+        if hit is None:
+            hit = _error_info_fields(self.error_info, kind)
+            if len(_FIELDS_CACHE) < 4096:
+                _FIELDS_CACHE[key] = hit
+        return hit
 
     def to_dict(self, reading: str = "auto") -> dict:
         names, used, ambiguous = read_type(self.type, reading)
@@ -300,7 +328,8 @@ def _plausible_context(buf: bytes, pos: int, limit: int) -> bool:
     if limit - pos < CTX_HEADER.size:
         return False
     _, ctype, size = CTX_HEADER.unpack_from(buf, pos)
-    return ctype in CONTEXT_TYPES and size <= limit - pos - CTX_HEADER.size
+    # size 0 is no context: it is what the zero padding of the aligned layout reads as
+    return ctype in CONTEXT_TYPES and 0 < size <= limit - pos - CTX_HEADER.size
 
 
 def _decode_contexts(buf: bytes, pos: int, limit: int, sec: ArmProcessorSection) -> int:
