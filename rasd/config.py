@@ -1,0 +1,135 @@
+"""rasd configuration: TOML (stdlib tomllib), every key with a default, validated.
+
+The daemon runs with no config file at all: every key below has its default. A
+config that names an unknown key, or gives a value of the wrong type or out of
+range, is refused with a message naming the key (the daemon then exits 78,
+EX_CONFIG, which its systemd unit does not restart on).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_PATH = Path("/etc/rasd/rasd.toml")
+EX_CONFIG = 78
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None  # returns a complaint, or None
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _power_of_two(v: Any) -> str | None:
+    return None if v > 0 and v & (v - 1) == 0 else "must be a power of two"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "daemon": {
+        "state_dir": Key(str, "/var/lib/rasd", "persistent state: store, BERT digests, kmsg cursor"),
+        "runtime_dir": Key(str, "/run/rasd", "status socket lives here"),
+        "log_level": Key(str, "info", "debug, info, warning, error",
+                         _one_of("debug", "info", "warning", "error")),
+        "watchdog_fallback_s": Key((int, float), 10, "main-loop wake-up when systemd gives no "
+                                   "watchdog interval", _positive),
+    },
+    "bpf": {
+        "ringbuf_pages": Key(int, 64, "BPF ring buffer size in pages (power of two)",
+                             _power_of_two),
+        "enabled": Key(bool, True, "load the eBPF probes (false: tracefs/kmsg/BERT only)"),
+    },
+    "tracefs": {
+        "instance": Key(str, "rasd", "tracefs instance that buffers ras:* while rasd is down"),
+        "buffer_size_kb": Key(int, 1024, "per-CPU buffer of that instance", _positive),
+    },
+    "bert": {
+        "enabled": Key(bool, True, "read the Boot Error Record Table at start"),
+        "path": Key(str, "/sys/firmware/acpi/tables", "tables directory or region file"),
+    },
+    "record": {
+        "path": Key(str, "", "append every source record here as JSON lines (replayable with "
+                    "rasd --replay); empty: off"),
+    },
+}
+
+
+@dataclass
+class Config:
+    values: dict[str, dict[str, Any]]
+    path: Path | None = None
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+
+def defaults() -> Config:
+    return Config({s: {k: key.default for k, key in keys.items()} for s, keys in SCHEMA.items()})
+
+
+def load(path: str | Path | None = None, required: bool = False) -> Config:
+    """Load ``path`` (default /etc/rasd/rasd.toml) over the defaults.
+
+    A missing default file is fine (defaults); a missing file that was asked for
+    explicitly (``required``) is an error."""
+    path = Path(path) if path is not None else DEFAULT_PATH
+    if not path.exists():
+        if required:
+            raise ConfigError(f"{path}: no such file")
+        return defaults()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    cfg = validate(data)
+    cfg.path = path
+    return cfg
+
+
+def validate(data: dict[str, Any]) -> Config:
+    cfg = defaults()
+    for section, table in data.items():
+        keys = SCHEMA.get(section)
+        if keys is None:
+            raise ConfigError(f"unknown section [{section}] (known: {', '.join(SCHEMA)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: must be a table")
+        for name, value in table.items():
+            cfg.values[section][name] = _check(section, name, value, keys)
+    return cfg
+
+
+def _check(section: str, name: str, value: Any, keys: dict[str, Key]) -> Any:
+    key = keys.get(name)
+    if key is None:
+        raise ConfigError(f"unknown key {section}.{name} (known in [{section}]: "
+                          f"{', '.join(keys)})")
+    # bool is an int subclass: a "true" where a number belongs is a mistake, not 1
+    if isinstance(value, bool) and key.type is not bool or not isinstance(value, key.type):
+        want = key.type.__name__ if isinstance(key.type, type) else \
+            " or ".join(t.__name__ for t in key.type)
+        raise ConfigError(f"{section}.{name}: expected {want}, got {type(value).__name__} "
+                          f"{value!r}")
+    if key.check is not None:
+        complaint = key.check(value)
+        if complaint:
+            raise ConfigError(f"{section}.{name} = {value!r}: {complaint}")
+    return value

@@ -1,0 +1,295 @@
+"""The rasd daemon: start the sources, run the main loop, stop cleanly.
+
+Start-up order matters: BERT first (boot errors of the previous boot), then the
+probes (compiled and loaded in a short-lived child so this process never holds
+LLVM), then the status socket, then READY. The main loop sleeps in one
+``selectors`` wait on the ring buffer, the status socket and a signal pipe — an
+idle daemon wakes only for the watchdog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from . import config as config_mod
+from . import events as ev
+from .decode import bert as bert_mod
+from .decode.event import EventDecoder
+from .events import Event
+from .notify import Notifier
+from .pipeline import LogSink, Pipeline
+from .status import StatusServer
+
+log = logging.getLogger("rasd")
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+BERT_SEEN_FILE = "bert-seen.json"
+BERT_SEEN_MAX = 4096
+
+
+class StartupError(RuntimeError):
+    """rasd cannot run at all (no source of events); the message says why."""
+
+
+def wall_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC: BPF stamps records with the monotonic clock."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+class Daemon:
+    def __init__(self, cfg: config_mod.Config, dry_run: bool = False) -> None:
+        self.cfg = cfg
+        self.dry_run = dry_run
+        self.notifier = Notifier()
+        self.started_wall = time.time()
+        self.view: Any = None
+        self.loaded: Any = None
+        self.status_server: StatusServer | None = None
+        self.lockdown = "unavailable"
+        self.notes: list[str] = []
+        self.source_errors = 0
+        self.pipeline = Pipeline(EventDecoder(wall_offset_ns=wall_offset_ns()), [LogSink()])
+        self._stop = False
+        self._reload = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # --- start -----------------------------------------------------------------------------
+    def start(self) -> None:
+        from .sources.resolve import KernelView
+        self.view = KernelView.from_host()
+        self.lockdown = self.view.lockdown
+        self.notes.extend(self.view.notes)
+        if self.lockdown == "confidentiality":
+            self.notes.append("kernel lockdown=confidentiality: kprobes, BPF kernel reads and "
+                              "tracefs are refused; only BERT and kernel log lines are available")
+            log.warning(self.notes[-1])
+        self.pipeline.decoder.formats = dict(self.view.events)
+        self._set_up_recorder()
+        if self.cfg["bert"]["enabled"]:
+            self.read_bert()
+        if self.cfg["bpf"]["enabled"] and self.lockdown != "confidentiality":
+            self._load_probes()
+        if self.loaded is None and not self.dry_run and self.lockdown != "confidentiality":
+            raise StartupError("no event source: no probe attached (see above)")
+        self.status_server = StatusServer(self.cfg["daemon"]["runtime_dir"], self.snapshot)
+        self.notifier.ready(self.status_line())
+        log.info("rasd %s ready: %s", __version__, self.status_line())
+
+    def _load_probes(self) -> None:
+        from .sources.bpf_loader import LoaderError, load_probes
+        from .sources.resolve import NoProbesError
+        t0 = time.monotonic()
+        try:
+            self.loaded = load_probes(self.view, ringbuf_pages=self.cfg["bpf"]["ringbuf_pages"])
+        except NoProbesError as exc:
+            self.notes.append(str(exc))
+            log.error("%s", exc)
+            return
+        except LoaderError as exc:
+            self.notes.append(f"probe loader failed: {exc}")
+            log.error("probe loader failed: %s", exc)
+            return
+        self.notes.extend(self.loaded.notes)
+        for r in self.loaded.results:
+            log.info("probe %-26s %-15s %s %s", r.probe, r.status, r.symbol or "", r.reason)
+        log.info("probes loaded in %.2f s", time.monotonic() - t0)
+
+    def _set_up_recorder(self) -> None:
+        path = self.cfg["record"]["path"]
+        if not path:
+            return
+        from .sources.replay import RecordWriter
+        formats = {}
+        for key, fmt in self.view.events.items():
+            if key.startswith(("ras:", "memory_failure:")):
+                formats[key] = _format_text(key)
+        self.pipeline.recorder = RecordWriter(path, formats, self.pipeline.decoder.wall_offset_ns)
+
+    # --- BERT ------------------------------------------------------------------------------
+    def read_bert(self) -> None:
+        """Boot errors of the previous boot; each reported once across restarts."""
+        try:
+            report = bert_mod.read_bert(self.cfg["bert"]["path"])
+        except (OSError, ValueError) as exc:
+            self.notes.append(f"BERT unreadable: {exc}")
+            log.warning("BERT unreadable: %s", exc)
+            return
+        seen_path = Path(self.cfg["daemon"]["state_dir"]) / BERT_SEEN_FILE
+        seen = _load_seen(seen_path)
+        fresh = 0
+        for rec in report.records:
+            digest = report.record_digest(rec)
+            if digest in seen:
+                continue
+            seen.append(digest)
+            fresh += 1
+            self.pipeline.feed_event(Event(
+                kind=ev.BERT, source="bert", wall_ns=time.time_ns(), raw=rec.raw, cper=rec,
+                decode_error=str(rec.error) if rec.error else None,
+                fields={"digest": digest, "consumed_by_kernel": rec.empty}))
+        if fresh and not self.dry_run:
+            _save_seen(seen_path, seen[-BERT_SEEN_MAX:])
+        log.info("BERT: %d record(s), %d new", len(report.records), fresh)
+
+    # --- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, "signal")
+        if self.loaded is not None:
+            sel.register(self.loaded.ringbuf.fd, selectors.EVENT_READ, "ringbuf")
+        if self.status_server is not None:
+            sel.register(self.status_server.fileno(), selectors.EVENT_READ, "status")
+        interval = self._wake_interval()
+        next_ping = time.monotonic()
+        while not self._stop:
+            for key, _ in sel.select(timeout=max(0.0, next_ping - time.monotonic())):
+                self._dispatch(key.data)
+            if time.monotonic() >= next_ping:
+                self.notifier.watchdog()
+                self.pipeline.flush()
+                next_ping = time.monotonic() + interval
+            if self._reload:
+                self._do_reload()
+        self.stop()
+        return EXIT_OK
+
+    def _wake_interval(self) -> float:
+        # systemd wants a ping well inside WatchdogSec; halve it
+        if self.notifier.watchdog_s:
+            return self.notifier.watchdog_s / 2
+        return float(self.cfg["daemon"]["watchdog_fallback_s"])
+
+    def _dispatch(self, what: str) -> None:
+        if what == "ringbuf":
+            self.drain()
+        elif what == "status":
+            self.status_server.serve_pending()
+        elif what == "signal":
+            try:
+                while os.read(self._wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def drain(self) -> int:
+        """Everything in the ring buffer now, through the pipeline."""
+        from .sources.records import RecordError, parse_record
+        if self.loaded is None:
+            return 0
+        n = 0
+        for raw in self.loaded.ringbuf.records():
+            try:
+                rec = parse_record(raw)
+            except RecordError as exc:
+                self.source_errors += 1
+                log.warning("ring buffer record rejected: %s", exc)
+                continue
+            self.pipeline.feed(rec)
+            n += 1
+        return n
+
+    # --- signals, reload, stop -------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self._stop = True
+        os.write(self._wake_w, b"s")
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._reload = True
+        os.write(self._wake_w, b"h")
+
+    def _do_reload(self) -> None:
+        self._reload = False
+        self.notifier.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        try:
+            new = config_mod.load(self.cfg.path) if self.cfg.path else config_mod.defaults()
+        except config_mod.ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+        else:
+            self.cfg = new
+            logging.getLogger().setLevel(new["daemon"]["log_level"].upper())
+            log.info("config reloaded from %s", self.cfg.path or "defaults")
+        self.notifier.send(ready=1, status=self.status_line())
+
+    def stop(self) -> None:
+        """Drain what the kernel still holds, flush the sinks, detach, exit."""
+        self.notifier.stopping()
+        drained = self.drain()
+        self.pipeline.close()
+        if self.loaded is not None:
+            self.loaded.close()
+        if self.status_server is not None:
+            self.status_server.close()
+        log.info("rasd stopped (%d record(s) drained at stop)", drained)
+
+    # --- status ----------------------------------------------------------------------------
+    def probe_table(self) -> list[dict]:
+        if self.loaded is not None:
+            return [r.to_json() for r in self.loaded.results]
+        if self.view is None:
+            return []
+        from .sources.resolve import resolve
+        return [r.to_json() for r in resolve(self.view)]
+
+    def lost_kernel(self) -> int | None:
+        if self.loaded is None:
+            return None
+        try:
+            return self.loaded.lost.total()
+        except OSError:
+            return None
+
+    def status_line(self) -> str:
+        table = self.probe_table()
+        attached = sum(1 for r in table if r["status"] == "attached")
+        return (f"{attached}/{len(table)} probes attached, lockdown {self.lockdown}, "
+                f"{sum(self.pipeline.counters.events.values())} events")
+
+    def snapshot(self) -> dict:
+        return {"version": __version__, "pid": os.getpid(), "started": self.started_wall,
+                "lockdown": self.lockdown, "probes": self.probe_table(),
+                "features": self.loaded.features.to_json() if self.loaded else None,
+                "counters": {**self.pipeline.counters.to_dict(),
+                             "lost_kernel": self.lost_kernel(),
+                             "source_errors": self.source_errors},
+                "notes": self.notes}
+
+
+def _format_text(key: str) -> str:
+    from .sources.tracefs import find_tracefs
+    tracefs = find_tracefs()
+    system, _, name = key.partition(":")
+    try:
+        return (tracefs / "events" / system / name / "format").read_text() if tracefs else ""
+    except OSError:
+        return ""
+
+
+def _load_seen(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text())
+        return [d for d in data if isinstance(d, str)] if isinstance(data, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _save_seen(path: Path, seen: list[str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(seen))
+        tmp.replace(path)
+    except OSError as exc:  # a full disk costs dedup across restarts, never the daemon
+        log.warning("cannot save BERT digests to %s: %s", path, exc)

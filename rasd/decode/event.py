@@ -1,0 +1,304 @@
+"""The decode stage: a source record (what a BPF program or tracepoint emitted) -> Event.
+
+One small handler per probe, the way rasdaemon keeps one handler per event: each
+names the event kind and turns raw fields into meaningful ones (ESR decoded, MF_*
+flags named, CPER bytes decoded, tracepoint fields decoded with the kernel's own
+format file). Decoding never raises: a failure is kept in ``event.decode_error``
+next to the raw bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from .. import events as ev
+from ..events import Event, Task
+from . import cper, esr
+from .common import guid_str
+from .cper.model import GHES_SEVERITIES
+from .cper.sections.arm import ERR_INFO, ArmErrorInfo
+
+# enum mf_flags (include/linux/mm.h)
+MF_FLAGS = {1 << 0: "MF_COUNT_INCREASED", 1 << 1: "MF_ACTION_REQUIRED", 1 << 2: "MF_MUST_KILL",
+            1 << 3: "MF_SOFT_OFFLINE", 1 << 4: "MF_UNPOISON", 1 << 5: "MF_SW_SIMULATED",
+            1 << 6: "MF_NO_RETRY", 1 << 7: "MF_MEM_PRE_REMOVE"}
+MF_ACTION_REQUIRED = 1 << 1
+# enum mf_result, stable across versions
+MF_RESULTS = {0: "ignored", 1: "failed", 2: "delayed", 3: "recovered"}
+# memory_failure() return values (errno, negated) that mean something specific
+MF_RETURNS = {0: "handled", -6: "outside_kernel_control", -95: "filtered",
+              -133: "already_poisoned"}  # ENXIO, EOPNOTSUPP, EHWPOISON
+APEI_CLAIM_RETURNS = {0: "claimed", -2: "not_claimed", -115: "queued_not_completed"}
+# ACPI HEST notification types (enum acpi_hest_notify_types)
+NOTIFY_TYPES = {0: "polled", 1: "external", 2: "local", 3: "sci", 4: "nmi", 5: "cmci",
+                6: "mce", 7: "gpio", 8: "sea", 9: "sei", 10: "gsiv", 11: "sdei"}
+ARM_EXIT_SERROR_BIT = 1 << 31  # ARM_EXIT_WITH_SERROR_BIT in kvm_asm.h
+ARM_EXCEPTION_EL1_SERROR = 1
+
+
+def flag_list(value: int, names: dict[int, str]) -> list[str]:
+    return [name for bit, name in names.items() if value & bit]
+
+
+class EventDecoder:
+    """Turns source records into Events.
+
+    ``formats``: tracefs event formats by "system:event" (field layouts and the
+    symbolic tables of their print fmt); ``wall_offset_ns``: CLOCK_REALTIME minus
+    CLOCK_MONOTONIC, to give kernel ktime stamps a wall time.
+    """
+
+    def __init__(self, formats: dict[str, Any] | None = None, wall_offset_ns: int = 0) -> None:
+        self.formats = formats or {}
+        self.wall_offset_ns = wall_offset_ns
+        self._symbols: dict[str, dict[str, dict[int, str]]] = {}
+        self.errors = 0
+
+    def decode(self, rec: Any) -> Event:
+        event = Event(kind=rec.probe, source=rec.probe, wall_ns=rec.ktime_ns + self.wall_offset_ns,
+                      mono_ns=rec.ktime_ns, cpu=rec.cpu, task=Task(rec.tgid, rec.tid, rec.comm),
+                      fields=dict(rec.fields), raw=bytes(rec.blob),
+                      truncated="truncated" in rec.flags)
+        handler = HANDLERS.get(rec.probe)
+        try:
+            if rec.kind == "tp":
+                self._decode_tracepoint(rec, event)
+            if handler is not None:
+                handler(event, rec.flags)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not lose the event
+            event.decode_error = f"{type(exc).__name__}: {exc}"
+        if event.decode_error:
+            self.errors += 1
+        return event
+
+    def _decode_tracepoint(self, rec: Any, event: Event) -> None:
+        fmt = self._format_for(rec.probe)
+        if fmt is None:
+            event.decode_error = f"no tracefs format known for {rec.probe}"
+            return
+        event.source = f"tracefs:{fmt.system}:{fmt.name}"
+        fields = {k: v for k, v in fmt.decode(rec.blob).items() if not k.startswith("common_")}
+        event.fields.update(fields)
+        event.fields["_symbols"] = self._symbol_tables(fmt)
+
+    def _format_for(self, probe: str) -> Any:
+        for key, fmt in self.formats.items():
+            if key.split(":")[-1] == probe:
+                return fmt
+        return None
+
+    def _symbol_tables(self, fmt: Any) -> dict[str, dict[int, str]]:
+        key = f"{fmt.system}:{fmt.name}"
+        if key not in self._symbols:
+            self._symbols[key] = print_symbolic_tables(fmt.print_fmt)
+        return self._symbols[key]
+
+
+_SYMBOLIC = re.compile(r"__print_symbolic\(REC->(\w+),(.*?)\)\s*(?:,|$)", re.S)
+_PAIR = re.compile(r"\{\s*(-?(?:0x)?[0-9a-fA-F]+)\s*,\s*\"([^\"]*)\"\s*\}")
+
+
+def print_symbolic_tables(print_fmt: str) -> dict[str, dict[int, str]]:
+    """Number -> name tables from a tracefs print fmt's __print_symbolic() calls.
+
+    The kernel resolves TRACE_DEFINE_ENUM values to numbers in the format file, so
+    these are the running kernel's own numbering (memory_failure_event's page types
+    change between versions: never hard-code them)."""
+    tables: dict[str, dict[int, str]] = {}
+    for m in _SYMBOLIC.finditer(print_fmt):
+        tables[m.group(1)] = {int(v, 0): name for v, name in _PAIR.findall(m.group(2))}
+    return tables
+
+
+# --- one handler per probe -------------------------------------------------------------
+
+def _ghes(event: Event, flags: frozenset) -> None:
+    event.kind = ev.GHES
+    f = event.fields
+    f["notify"] = NOTIFY_TYPES.get(f.get("notify_type"), "unknown")
+    for ptr in ("ghes", "estatus"):  # kernel pointers: no use downstream, don't leak them
+        f.pop(ptr, None)
+    rec = cper.try_decode(event.raw) if event.raw else None
+    event.cper = rec
+    if rec is None:
+        event.decode_error = "no status block bytes captured"
+    elif rec.error is not None and not (event.truncated and rec.error.offset >= len(event.raw)):
+        event.decode_error = str(rec.error)
+
+
+def _ghes_read(event: Event, flags: frozenset) -> None:
+    event.kind = ev.GHES_READ
+    event.fields["notify"] = NOTIFY_TYPES.get(event.fields.get("notify_type"), "unknown")
+    event.fields.pop("ghes", None)
+
+
+def _ghes_irq_work(event: Event, flags: frozenset) -> None:
+    event.kind = ev.GHES_IRQ_WORK
+
+
+def _apei_claim_sea(event: Event, flags: frozenset) -> None:
+    event.kind = ev.SEA_CLAIM
+    f = event.fields
+    ret = f.get("ret")
+    f["claimed"] = ret == 0
+    f["result"] = APEI_CLAIM_RETURNS.get(ret, "error")
+    f["origin"] = "guest" if "no_regs" in flags or not f.get("regs") else (
+        "host_user" if "user" in flags else "host_kernel")
+    f.pop("regs", None)
+
+
+def _sea_notify(event: Event, flags: frozenset) -> None:
+    event.kind = ev.SEA_NOTIFY
+    event.fields["had_record"] = event.fields.get("ret") == 0
+
+
+def _memory_failure(event: Event, flags: frozenset) -> None:
+    event.kind = ev.MEMORY_FAILURE
+    f = event.fields
+    f["flag_names"] = flag_list(f.get("flags", 0), MF_FLAGS)
+    f["action_required"] = bool(f.get("flags", 0) & MF_ACTION_REQUIRED)
+    if "ret" in f:
+        f["result"] = MF_RETURNS.get(f["ret"], "failed")
+
+
+def _memory_failure_queue(event: Event, flags: frozenset) -> None:
+    event.kind = ev.MEMORY_FAILURE_QUEUE
+    event.fields["flag_names"] = flag_list(event.fields.get("flags", 0), MF_FLAGS)
+
+
+def _vcpu_esr(event: Event, flags: frozenset, esr_value: int | None) -> None:
+    if esr_value is not None and "vcpu_fault" in flags:
+        event.esr = esr.decode_esr(esr_value & (1 << 64) - 1)
+    for name in ("vcpu",):
+        event.fields.pop(name, None)
+
+
+def _handle_exit_early(event: Event, flags: frozenset) -> None:
+    event.kind = ev.GUEST_SERROR
+    f = event.fields
+    index = f.get("exception_index", 0)
+    f["serror_pending"] = bool(index & ARM_EXIT_SERROR_BIT)
+    # A pending SError is described by DISR_EL1 (deferred, via ESB), an SError exit
+    # by ESR_EL2; disr_to_esr() builds an EC 0x2F syndrome from DISR's low bits.
+    if f["serror_pending"] and "disr_el1" in f and "vcpu_fault" in flags:
+        disr = f["disr_el1"]
+        iss = disr & 0x1FFFFFF if disr >> 24 & 1 else disr & 0x1FFF
+        event.esr = esr.decode_esr(0x2F << 26 | 1 << 25 | iss)
+    else:
+        _vcpu_esr(event, flags, f.get("esr_el2"))
+    f.pop("vcpu", None)
+
+
+def _guest_sea(event: Event, flags: frozenset) -> None:
+    event.kind = ev.GUEST_SEA
+    _vcpu_esr(event, flags, event.fields.get("esr_el2"))
+
+
+def _vserror(event: Event, flags: frozenset) -> None:
+    event.kind = ev.VSERROR_INJECTED
+    f = event.fields
+    f["via"] = event.source
+    if "esr" in f:  # kvm_inject_serror_esr: the syndrome the guest will see
+        event.esr = esr.decode_esr(0x2F << 26 | 1 << 25 | (f["esr"] & 0x1FFFFFF))
+    f.pop("vcpu", None)
+
+
+def _host_serror(event: Event, flags: frozenset) -> None:
+    event.kind = {"do_serror": ev.HOST_SERROR, "arm64_serror_panic": ev.SERROR_PANIC}.get(
+        event.source, ev.SERROR_CHECK)
+    f = event.fields
+    f["origin"] = "guest" if not f.get("regs") else ("host_user" if "user" in flags
+                                                     else "host_kernel")
+    f.pop("regs", None)
+    if "fatal" in f:
+        f["fatal"] = bool(f["fatal"])
+    if "esr" in f:
+        event.esr = esr.decode_esr(f["esr"] & (1 << 64) - 1)
+
+
+def _do_sea(event: Event, flags: frozenset) -> None:
+    event.kind = ev.HOST_SEA
+    f = event.fields
+    f["origin"] = "host_user" if "user" in flags else "host_kernel"
+    f.pop("regs", None)
+    if "esr" in f:
+        event.esr = esr.decode_esr(f["esr"] & (1 << 64) - 1)
+
+
+def _tp_arm_event(event: Event, flags: frozenset) -> None:
+    event.kind = ev.ARM_EVENT
+    f = event.fields
+    if "sev" in f:  # the GHES scale, not CPER (reference §2)
+        f["severity"] = GHES_SEVERITIES.get(f["sev"], "unknown")
+    pei = f.pop("pei_buf", None)
+    if isinstance(pei, (bytes, bytearray)):
+        f["error_info"] = [ArmErrorInfo(*ERR_INFO.unpack_from(pei, off)).to_dict()
+                           for off in range(0, len(pei) - ERR_INFO.size + 1, ERR_INFO.size)]
+    for name in ("ctx_buf", "oem_buf"):
+        if isinstance(f.get(name), (bytes, bytearray)):
+            f[name] = f[name].hex()
+    f.pop("_symbols", None)
+
+
+def _tp_non_standard(event: Event, flags: frozenset) -> None:
+    event.kind = ev.NON_STANDARD
+    f = event.fields
+    for name in ("sec_type", "fru_id"):
+        if isinstance(f.get(name), (bytes, bytearray)) and len(f[name]) == 16:
+            f[name] = guid_str(bytes(f[name]))
+    if "sev" in f:
+        f["severity"] = GHES_SEVERITIES.get(f["sev"], "unknown")
+    if isinstance(f.get("buf"), (bytes, bytearray)):
+        f["buf"] = bytes(f["buf"]).hex()
+    f.pop("_symbols", None)
+
+
+def _tp_memory_failure_event(event: Event, flags: frozenset) -> None:
+    event.kind = ev.MEMORY_FAILURE_EVENT
+    f = event.fields
+    tables = f.pop("_symbols", {})
+    if "type" in f:
+        f["page_type"] = tables.get("type", {}).get(f["type"], "unknown")
+    if "result" in f:
+        f["result_name"] = tables.get("result", MF_RESULTS).get(f["result"],
+                                                                MF_RESULTS.get(f["result"], "unknown"))
+
+
+def _tp_plain(kind: str) -> Callable[[Event, frozenset], None]:
+    def handler(event: Event, flags: frozenset) -> None:
+        event.kind = kind
+        f = event.fields
+        tables = f.pop("_symbols", {})
+        for name, table in tables.items():
+            if isinstance(f.get(name), int):
+                f[f"{name}_name"] = table.get(f[name], "unknown")
+        for name, value in list(f.items()):
+            if isinstance(value, (bytes, bytearray)):
+                f[name] = bytes(value).hex()
+    return handler
+
+
+HANDLERS: dict[str, Callable[[Event, frozenset], None]] = {
+    "ghes_do_proc": _ghes,
+    "ghes_proc": _ghes_read,
+    "ghes_proc_in_irq": _ghes_irq_work,
+    "apei_claim_sea": _apei_claim_sea,
+    "ghes_notify_sea": _sea_notify,
+    "memory_failure": _memory_failure,
+    "memory_failure_queue": _memory_failure_queue,
+    "handle_exit_early": _handle_exit_early,
+    "kvm_handle_guest_abort": _guest_sea,
+    "kvm_handle_guest_sea": _guest_sea,
+    "kvm_inject_vabt": _vserror,
+    "kvm_inject_serror_esr": _vserror,
+    "do_serror": _host_serror,
+    "arm64_is_fatal_ras_serror": _host_serror,
+    "arm64_serror_panic": _host_serror,
+    "do_sea": _do_sea,
+    "arm_event": _tp_arm_event,
+    "non_standard_event": _tp_non_standard,
+    "memory_failure_event": _tp_memory_failure_event,
+    "mc_event": _tp_plain(ev.MC_EVENT),
+    "aer_event": _tp_plain(ev.AER),
+}

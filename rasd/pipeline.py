@@ -1,0 +1,114 @@
+"""The pipeline: source record -> decode -> classify -> correlate -> sinks.
+
+Every source (BPF ring buffer, tracefs instance, BERT, kmsg, replay) hands its
+records or events to one ``Pipeline``, so replayed events and the kernel's take
+exactly the same path. Stages are plain callables; sinks have ``handle``,
+``flush`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .decode.event import EventDecoder
+from .events import Event
+
+log = logging.getLogger("rasd.pipeline")
+
+
+class Sink(Protocol):
+    def handle(self, event: Event) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Counters:
+    events: Counter = field(default_factory=Counter)  # by kind
+    decode_errors: int = 0
+    sink_errors: int = 0
+    last_event_wall_ns: int = 0
+
+    def to_dict(self) -> dict:
+        return {"events": dict(self.events), "events_total": sum(self.events.values()),
+                "decode_errors": self.decode_errors, "sink_errors": self.sink_errors,
+                "last_event_wall_ns": self.last_event_wall_ns}
+
+
+class Pipeline:
+    def __init__(self, decoder: EventDecoder, sinks: list[Sink] | None = None,
+                 stages: list[Callable[[Event], None]] | None = None,
+                 recorder: Any = None) -> None:
+        self.decoder = decoder
+        self.stages = stages or []  # classify, correlate (issue 4)
+        self.sinks = sinks or []
+        self.recorder = recorder
+        self.counters = Counters()
+
+    def feed(self, rec: Any) -> Event:
+        """A source record from the BPF path (or its replay)."""
+        if self.recorder is not None:
+            self.recorder.write(rec)
+        return self.feed_event(self.decoder.decode(rec))
+
+    def feed_event(self, event: Event) -> Event:
+        """An event a source built itself (BERT, tracefs instance, kmsg)."""
+        for stage in self.stages:
+            stage(event)
+        c = self.counters
+        c.events[event.kind] += 1
+        c.last_event_wall_ns = max(c.last_event_wall_ns, event.wall_ns)
+        if event.decode_error:
+            c.decode_errors += 1
+        for sink in self.sinks:
+            try:
+                sink.handle(event)
+            except Exception:  # noqa: BLE001 - one failing sink must not stop the others
+                c.sink_errors += 1
+                log.exception("sink %s failed on a %s event", type(sink).__name__, event.kind)
+        return event
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+        if self.recorder is not None:
+            self.recorder.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for sink in self.sinks:
+            sink.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+class LogSink:
+    """Until the store and journald sinks exist (issues 4, 5): one log line per event."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("rasd.events")
+
+    def handle(self, event: Event) -> None:
+        task = f" {event.task.comm}[{event.task.tgid}/{event.task.tid}]" if event.task else ""
+        extra = f" decode error: {event.decode_error}" if event.decode_error else ""
+        self.log.info("%s from %s cpu %s%s %s%s", event.kind, event.source, event.cpu, task,
+                      _summary(event), extra)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _summary(event: Event) -> str:
+    if event.cper is not None and event.cper.sections:
+        names = ",".join(s.name for s in event.cper.sections)
+        return f"sections {names}"
+    if event.esr is not None:
+        return f"esr {event.esr.value:#x}"
+    keys = ("pfn", "flag_names", "result", "claimed", "origin", "page_type", "result_name")
+    return " ".join(f"{k}={event.fields[k]}" for k in keys if k in event.fields)
