@@ -8,10 +8,11 @@ setup-test:
 	@scripts/setup.sh --test
 
 run: setup
-	.venv/bin/rasdctl --help
+	.venv/bin/rasd
 
 test: setup-test
 	scripts/run-tests.sh
 
 bench: setup
 	.venv/bin/python bench/decode.py
+	.venv/bin/python bench/daemon.py

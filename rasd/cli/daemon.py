@@ -109,3 +109,7 @@ def replay(cfg: config_mod.Config, path: str) -> int:
                "seconds": round(time.monotonic() - t0, 3), **pipeline.counters.to_dict()}
     print(json.dumps(summary))
     return 0 if not source.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

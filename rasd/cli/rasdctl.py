@@ -1,8 +1,9 @@
 """rasdctl: decode and inspect RAS error data.
 
-Commands so far:
+Commands:
   decode       CPER status blocks and records (files, stdin, BERT) -> report or JSON lines
   decode-esr   an ESR_ELx value -> fields and the kernel's verdict
+  status       the running daemon's probe table and counters
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--no-ras", action="store_true",
                     help="the CPU lacks the RAS extension (FEAT_RAS)")
     de.set_defaults(func=cmd_decode_esr)
+
+    st = sub.add_parser("status", help="probe table and counters of the running daemon",
+                        description="Ask the running rasd (over its status socket) for its "
+                        "probe table, counters and notes.")
+    st.add_argument("--json", action="store_true", help="the raw status document")
+    st.add_argument("--runtime-dir", default="/run/rasd", metavar="DIR",
+                    help="where the daemon's status.sock is (default %(default)s)")
+    st.set_defaults(func=cmd_status)
     return parser
 
 
@@ -198,6 +207,34 @@ def _set_arm_reading(rec: cper.Record, reading: str) -> None:
     for sec in rec.sections:
         if hasattr(sec.body, "type_reading"):
             sec.body.type_reading = reading
+
+
+# --- status -------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..status import query
+    try:
+        doc = query(args.runtime_dir)
+    except (OSError, ValueError) as exc:
+        print(f"rasdctl: rasd is not running or not answering at {args.runtime_dir}: {exc}",
+              file=sys.stderr)
+        return 3  # as LSB "program is not running"
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"rasd {doc['version']} pid {doc['pid']}, lockdown {doc['lockdown']}")
+    print(f"{'PROBE':28} {'STATUS':16} {'KIND':18} {'SYMBOL':32} REASON")
+    for p in doc["probes"]:
+        print(f"{p['probe']:28} {p['status']:16} {p['kind'] or '-':18} "
+              f"{p['symbol'] or '-':32} {p['reason']}")
+    c = doc["counters"]
+    print(f"events {c['events_total']}  decode errors {c['decode_errors']}  "
+          f"lost in kernel {c['lost_kernel']}  source errors {c['source_errors']}")
+    for kind, n in sorted(c["events"].items()):
+        print(f"  {kind:24} {n}")
+    for note in doc.get("notes", []):
+        print(f"note: {note}")
+    return EXIT_OK
 
 
 # --- decode-esr ---------------------------------------------------------------------------

@@ -89,3 +89,30 @@ class RecordWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def encode_trace_entry(fmt: EventFormat, values: dict, common_type: int | None = None) -> bytes:
+    """A raw trace entry laid out as the kernel would for ``fmt`` (the inverse of
+    ``EventFormat.decode``): fixed fields at their offsets, ``__data_loc`` arrays
+    appended with (length << 16 | offset) locators. For synthetic recordings, tests
+    and benchmarks."""
+    import struct
+    fixed = bytearray(fmt.fixed_size)
+    tail = bytearray()
+    values = {"common_type": fmt.id if common_type is None else common_type, **values}
+    for f in fmt.fields:
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if f.is_data_loc:
+            data = value.encode() + b"\0" if isinstance(value, str) else bytes(value)
+            loc = len(data) << 16 | (len(fixed) + len(tail))
+            struct.pack_into("<I", fixed, f.offset, loc)
+            tail += data
+        elif isinstance(value, (bytes, bytearray, str)):
+            data = value.encode() if isinstance(value, str) else bytes(value)
+            fixed[f.offset:f.offset + f.size] = data[:f.size].ljust(f.size, b"\0")
+        else:
+            code = {1: "b", 2: "h", 4: "i", 8: "q"}[f.size]
+            struct.pack_into("<" + (code if f.signed else code.upper()), fixed, f.offset, value)
+    return bytes(fixed + tail)
