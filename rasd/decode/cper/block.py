@@ -43,7 +43,9 @@ def decode_status_block(buf: bytes, base: int = 0) -> Record:
     header = StatusBlockHeader(*HEADER.unpack_from(buf, base))
     rec.header = header
     total = status_block_length(header)
-    rec.raw = bytes(buf[base:base + total])
+    # the common case, one whole block in hand: keep it without copying
+    whole = base == 0 and total == len(buf) and type(buf) is bytes
+    rec.raw = buf if whole else bytes(buf[base:base + total])
     end = base + len(rec.raw)
     rec.complete = HEADER.size <= total <= avail
     _check_lengths(rec, header, total, avail)
@@ -99,8 +101,8 @@ def _decode_entry_header(buf: bytes, pos: int) -> tuple[Section | None, int]:
             return None, pos
         timestamp = Timestamp(ENTRY_V3_EXTRA.unpack_from(buf, pos + ENTRY.size)[0])
     sec = Section(guid_str(stype), None, severity, revision, valid, flags, guid_str(fru_id),
-                  fixed_text(fru_text), timestamp, offset=pos, payload_offset=pos + hsize,
-                  payload_length=length)
+                  fixed_text(fru_text) if fru_text[0] else "", timestamp, offset=pos,
+                  payload_offset=pos + hsize, payload_length=length)
     return sec, pos + hsize + length
 
 
