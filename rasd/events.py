@@ -82,3 +82,55 @@ class Event:
             if value is not None:
                 d[name] = value
         return d
+
+
+# Severity scale rasd assigns (classification), least to worst. Kernel and CPER
+# severities are inputs to it; this is what an operator pages on.
+SEVERITY_ORDER = ("info", "corrected", "recoverable", "uncorrected", "critical", "fatal")
+SEVERITY_RANK = {name: i for i, name in enumerate(SEVERITY_ORDER)}
+
+
+def worse(a: str | None, b: str | None) -> str | None:
+    """The worse of two rasd severities (None counts as nothing known)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if SEVERITY_RANK.get(a, 0) >= SEVERITY_RANK.get(b, 0) else b
+
+
+@dataclass(slots=True)
+class Incident:
+    """One real-world fault: the events it produced, how bad it is and what it touches."""
+
+    kind: str  # alert kind: uncorrected_memory, unlocatable_memory_corruption, guest_sea, ...
+    key: str  # what correlated its events: "page:0x81234", "cpu:3", "vm:4242", ...
+    first_wall_ns: int
+    last_wall_ns: int
+    severity: str = "info"
+    containment: str = "unknown"
+    summary: str = ""
+    id: int | None = None  # assigned by the store
+    event_ids: list[int] = field(default_factory=list)
+    event_kinds: list[str] = field(default_factory=list)
+    pfn: int | None = None
+    phys_addr: int | None = None
+    location: dict[str, Any] | None = None  # memory location (node/card/module/...), DIMM label
+    cpu: int | None = None
+    mpidr: int | None = None
+    vm: dict[str, Any] | None = None  # {"name", "tgid", "vcpu", "how"}
+    blast_radius: dict[str, Any] | None = None  # {"scope", "detail", ...}
+    disagreements: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "key": self.key,
+                "first_wall_ns": self.first_wall_ns, "last_wall_ns": self.last_wall_ns,
+                "severity": self.severity, "containment": self.containment,
+                "summary": self.summary, "event_ids": list(self.event_ids),
+                "event_kinds": list(self.event_kinds), "pfn": self.pfn,
+                "phys_addr": None if self.phys_addr is None else hex(self.phys_addr),
+                "location": self.location, "cpu": self.cpu,
+                "mpidr": None if self.mpidr is None else hex(self.mpidr), "vm": self.vm,
+                "blast_radius": self.blast_radius, "disagreements": list(self.disagreements),
+                "closed": self.closed}
