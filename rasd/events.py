@@ -59,14 +59,15 @@ class Event:
     esr: Any = None  # rasd.decode.esr.Esr when an ESR came with it
     decode_error: str | None = None
     truncated: bool = False  # the kernel side cut the bytes (e.g. a block over 4 KiB)
-    # filled by classification and correlation (issue 4)
+    id: int | None = None  # assigned by the pipeline, in arrival order
+    # filled by classification and correlation
     severity: str | None = None
     containment: str | None = None
     reason: str | None = None
     incident_id: int | None = None
 
     def to_dict(self) -> dict:
-        d: dict = {"kind": self.kind, "source": self.source, "wall_ns": self.wall_ns,
+        d: dict = {"id": self.id, "kind": self.kind, "source": self.source, "wall_ns": self.wall_ns,
                    "mono_ns": self.mono_ns, "cpu": self.cpu,
                    "task": self.task.to_dict() if self.task else None,
                    "fields": self.fields, "truncated": self.truncated,

@@ -8,6 +8,7 @@ exactly the same path. Stages are plain callables; sinks have ``handle``,
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,8 +42,9 @@ class Counters:
 class Pipeline:
     def __init__(self, decoder: EventDecoder, sinks: list[Sink] | None = None,
                  stages: list[Callable[[Event], None]] | None = None,
-                 recorder: Any = None) -> None:
+                 recorder: Any = None, first_event_id: int = 1) -> None:
         self.decoder = decoder
+        self.event_ids = itertools.count(first_event_id)  # the store continues its numbering
         self.stages = stages or []  # classify, correlate (issue 4)
         self.sinks = sinks or []
         self.recorder = recorder
@@ -56,6 +58,8 @@ class Pipeline:
 
     def feed_event(self, event: Event) -> Event:
         """An event a source built itself (BERT, tracefs instance, kmsg)."""
+        if event.id is None:
+            event.id = next(self.event_ids)
         for stage in self.stages:
             stage(event)
         c = self.counters

@@ -1,0 +1,342 @@
+"""Correlation: the events of one real-world fault become one incident.
+
+One SEA on a poisoned page produces several events, in this order on the kernels
+read (reference §1, §5): ``apei_claim_sea`` (the faulting task) → the GHES record
+(processed inside that call, in the faulting task's context) → ``memory_failure``
+(the task's own task_work, or a kworker) → the tracepoint with the outcome →
+SIGBUS; or, for a guest, KVM's stage-2 abort → the same chain on the vCPU thread
+→ (unclaimed) a virtual SError into the guest. Events are joined when they share a
+key — the page, the faulting thread, the CPU, the device — within a time window.
+
+The correlator is a pipeline stage: it sets ``event.incident_id`` and keeps the
+open incidents; ``expire()`` closes those whose window has passed. Listeners
+(``on_change``) hear of every incident that opened or changed: the store and the
+alerting sinks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Callable, Iterator
+
+from .. import events as ev
+from ..decode.cper.sections.arm import ArmProcessorSection, read_type
+from ..decode.cper.sections.memory import MemorySection
+from ..decode.cper.sections.pcie import PcieSection
+from ..events import Event, Incident, worse
+
+PAGE_SHIFT = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
+DEFAULT_WINDOW_NS = 10 * 10**9  # SEA -> memory_failure_event took ~20 ms in the lab; be generous
+
+# Events that join an incident but never open one on their own.
+FOLLOWERS = {ev.GHES_READ, ev.GHES_IRQ_WORK, ev.SEA_NOTIFY, ev.MEMORY_FAILURE_QUEUE}
+# Events from a vCPU thread: attribute them to a VM.
+KVM_KINDS = {ev.GUEST_SEA, ev.GUEST_SERROR, ev.VSERROR_INJECTED}
+# Events that run in the faulting task's own context (see _in_faulting_task).
+TASK_KINDS = {ev.SEA_CLAIM, ev.GUEST_SEA, ev.HOST_SEA, ev.VSERROR_INJECTED, ev.GUEST_SERROR,
+              ev.SERROR_CHECK}
+# A kernel thread's context says nothing about which task a fault hit.
+KERNEL_COMMS = ("swapper", "kworker", "ksoftirqd", "migration", "irq/")
+
+# How final a containment statement is: an incident keeps its most final one.
+CONTAINMENT_ORDER = ("unknown", "none_needed", "pending", "corrected", "deferred", "delayed",
+                     "page_soft_offline", "device_recovery", "page_isolated", "link_reset",
+                     "vm_contained", "process_killed", "not_contained", "host_oops",
+                     "not_containable", "host_panic")
+CONTAINMENT_RANK = {name: i for i, name in enumerate(CONTAINMENT_ORDER)}
+CPER_KINDS = {ev.GHES, ev.BERT}
+ESR_KINDS = {ev.GUEST_SEA, ev.GUEST_SERROR, ev.HOST_SERROR, ev.SERROR_CHECK, ev.HOST_SEA}
+
+
+class Correlator:
+    def __init__(self, window_ns: int = DEFAULT_WINDOW_NS,
+                 ids: Iterator[int] | None = None,
+                 blast_radius: Callable[[int], Any] | None = None,
+                 vm_of: Callable[[int, int, str], Any] | None = None,
+                 on_change: Callable[[Incident], None] | None = None) -> None:
+        self.window_ns = window_ns
+        self.ids = ids or itertools.count(1)
+        self.blast_radius = blast_radius  # pfn -> dict (read /proc/kpageflags at once)
+        self.vm_of = vm_of  # (tgid, tid, comm) -> dict or None
+        self.on_change = on_change
+        self.open: dict[int, Incident] = {}
+        self.index: dict[str, int] = {}  # key -> open incident id
+        self._state: dict[int, _Evidence] = {}
+
+    # --- the stage ------------------------------------------------------------------------
+    def __call__(self, event: Event) -> None:
+        self.expire(event.wall_ns)
+        keys = event_keys(event)
+        incident = self._find(keys, event.wall_ns)
+        if incident is None:
+            if event.kind in FOLLOWERS or not keys:
+                return
+            incident = self._new(event)
+        self._add(incident, event, keys)
+        if self.on_change is not None:
+            self.on_change(incident)
+
+    def expire(self, now_ns: int) -> list[Incident]:
+        """Close incidents whose window passed with no new event."""
+        done = [i for i in self.open.values() if now_ns - i.last_wall_ns > self.window_ns]
+        for incident in done:
+            incident.closed = True
+            del self.open[incident.id]
+            self._state.pop(incident.id, None)
+            for key in [k for k, v in self.index.items() if v == incident.id]:
+                del self.index[key]
+            if self.on_change is not None:
+                self.on_change(incident)
+        return done
+
+    # --- internals ------------------------------------------------------------------------
+    def _find(self, keys: list[str], now_ns: int) -> Incident | None:
+        for key in keys:
+            iid = self.index.get(key)
+            if iid is not None and iid in self.open:
+                return self.open[iid]
+        return None
+
+    def _new(self, event: Event) -> Incident:
+        incident = Incident(kind=event.kind, key="", first_wall_ns=event.wall_ns,
+                            last_wall_ns=event.wall_ns, id=next(self.ids))
+        self.open[incident.id] = incident
+        self._state[incident.id] = _Evidence()
+        return incident
+
+    def _add(self, incident: Incident, event: Event, keys: list[str]) -> None:
+        event.incident_id = incident.id
+        if event.id is not None:
+            incident.event_ids.append(event.id)
+        incident.event_kinds.append(event.kind)
+        incident.first_wall_ns = min(incident.first_wall_ns, event.wall_ns)
+        incident.last_wall_ns = max(incident.last_wall_ns, event.wall_ns)
+        for key in keys:
+            self.index.setdefault(key, incident.id)
+        if not incident.key:
+            incident.key = keys[0]
+        evidence = self._state[incident.id]
+        evidence.absorb(event)
+        self._locate(incident, event)
+        self._attribute(incident, event)
+        evidence.settle(incident)
+
+    def _locate(self, incident: Incident, event: Event) -> None:
+        pa, location, mpidr = _where(event)
+        if incident.phys_addr is None and pa is not None:
+            incident.phys_addr = pa
+        if incident.location is None and location:
+            incident.location = location
+        if incident.mpidr is None and mpidr is not None:
+            incident.mpidr = mpidr
+        pfn = event.fields.get("pfn")
+        if pfn is None and pa is not None:
+            pfn = pa >> PAGE_SHIFT
+        if incident.pfn is None and pfn is not None:
+            incident.pfn = pfn
+            # the page's state changes once memory_failure ran: read it now
+            if self.blast_radius is not None and event.severity != "corrected":
+                incident.blast_radius = self.blast_radius(pfn)
+        if incident.cpu is None and event.cpu is not None and event.kind in (
+                ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC, ev.HOST_SEA):
+            incident.cpu = event.cpu
+
+    def _attribute(self, incident: Incident, event: Event) -> None:
+        if incident.vm is not None or event.task is None or self.vm_of is None:
+            return
+        if event.kind in KVM_KINDS or event.fields.get("origin") == "guest":
+            incident.vm = self.vm_of(event.task.tgid, event.task.tid, event.task.comm)
+
+
+class _Evidence:
+    """What an incident's events said, kept apart so CPER can overrule ESR/AET."""
+
+    def __init__(self) -> None:
+        self.cper: str | None = None
+        self.esr: str | None = None
+        self.other: str | None = None
+        self.containment = "unknown"
+        self.kinds: set[str] = set()
+        self.unlocatable = False
+        self.memory = False  # a CPER memory section (or a memory_failure) is among the events
+        self.guest = False  # a guest took the fault
+        self.vserror_after_ras = False
+        self.reasons: list[str] = []
+
+    def absorb(self, event: Event) -> None:
+        if event.kind == ev.VSERROR_INJECTED and self.kinds & (ESR_KINDS | {ev.SEA_CLAIM}):
+            # injected because of a RAS event on this vCPU thread: the guest took the error
+            event.severity, self.vserror_after_ras = "uncorrected", True
+        self.kinds.add(event.kind)
+        if event.fields.get("origin") == "guest" or event.kind in (ev.GUEST_SEA, ev.GUEST_SERROR):
+            self.guest = True
+        if event.cper is not None and any(isinstance(s.body, MemorySection)
+                                          for s in event.cper.sections):
+            self.memory = True
+        if event.kind in CPER_KINDS:
+            self.cper = worse(self.cper, event.severity)
+        elif event.kind in ESR_KINDS:
+            self.esr = worse(self.esr, event.severity)
+        else:
+            self.other = worse(self.other, event.severity)
+        if event.containment and CONTAINMENT_RANK.get(event.containment, 0) > \
+                CONTAINMENT_RANK.get(self.containment, 0):
+            self.containment = event.containment
+        if event.containment == "not_containable":
+            self.unlocatable = True
+        if event.reason:
+            self.reasons.append(event.reason)
+
+    def settle(self, incident: Incident) -> None:
+        # firmware-first: where CPER and the ESR both speak, CPER decides
+        base = self.cper if self.cper is not None else self.esr
+        incident.severity = worse(base, self.other) or "info"
+        if self.cper and self.esr and self.cper != self.esr:
+            note = f"ESR/AET says {self.esr}, CPER says {self.cper} (CPER taken)"
+            if note not in incident.disagreements:
+                incident.disagreements.append(note)
+        incident.containment = self.containment
+        incident.kind = self.alert_kind()
+        incident.summary = summarize(incident, self)
+
+    def alert_kind(self) -> str:
+        k = self.kinds
+        if self.unlocatable:
+            return "unlocatable_memory_corruption"
+        if ev.BERT in k:
+            return "boot_error_record"
+        if self.guest or self.vserror_after_ras:
+            return "guest_serror" if ev.GUEST_SERROR in k or ev.SERROR_CHECK in k else "guest_sea"
+        if k & {ev.SERROR_PANIC, ev.HOST_SERROR, ev.SERROR_CHECK}:
+            return "host_serror"
+        if self.memory:
+            return "corrected_memory" if self.cper == "corrected" else "uncorrected_memory"
+        if ev.HOST_SEA in k or ev.SEA_CLAIM in k:
+            return "host_sea"
+        if ev.VSERROR_INJECTED in k:
+            return "virtual_serror"
+        if k & {ev.MEMORY_FAILURE, ev.MEMORY_FAILURE_EVENT}:
+            return "hwpoison"
+        if ev.AER in k:
+            return "pcie_error"
+        if ev.ARM_EVENT in k or ev.GHES in k:
+            return "processor_error" if ev.ARM_EVENT in k else "hardware_error"
+        if ev.NON_STANDARD in k:
+            return "vendor_error"
+        if ev.MC_EVENT in k:
+            return "corrected_memory" if self.other == "corrected" else "uncorrected_memory"
+        return "hardware_error"
+
+
+# --- keys and locations -----------------------------------------------------------------
+
+def event_keys(event: Event) -> list[str]:
+    """What can tie this event to others of the same fault, most specific first."""
+    keys: list[str] = []
+    pa, location, mpidr = _where(event)
+    pfn = event.fields.get("pfn")
+    if pfn is None and pa is not None:
+        pfn = pa >> PAGE_SHIFT
+    if pfn is not None:
+        keys.append(f"page:{pfn:#x}")
+    if _in_faulting_task(event):
+        keys.append(f"tid:{event.task.tid}")
+    if event.kind in (ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC) and \
+            event.fields.get("origin") != "guest" and event.cpu is not None:
+        keys.append(f"cpu:{event.cpu}")
+    if event.kind == ev.BERT:
+        keys.append(f"bert:{event.fields.get('digest', event.id)}")
+    if event.kind == ev.AER:
+        keys.append(f"pcie:{event.fields.get('dev_name')}")
+    if mpidr is not None and event.kind == ev.ARM_EVENT:
+        keys.append(f"mpidr:{mpidr:#x}")
+    if location and pfn is None:
+        keys.append("loc:" + ",".join(f"{k}={v}" for k, v in location.items()))
+    if not keys and event.kind not in FOLLOWERS:
+        keys.append(f"event:{event.kind}:{event.wall_ns}")  # stands alone
+    return keys
+
+
+def _in_faulting_task(event: Event) -> bool:
+    """Whether the event ran in the context of the task that took the fault.
+
+    Only then does its thread id link it to the SEA: a polled or IRQ-driven GHES
+    record runs on whatever task the timer interrupted."""
+    task = event.task
+    if task is None or not task.tid or task.comm.startswith(KERNEL_COMMS):
+        return False
+    if event.kind in TASK_KINDS:
+        return event.kind != ev.SERROR_CHECK or event.fields.get("origin") == "guest"
+    if event.kind == ev.GHES:
+        return event.fields.get("notify") == "sea"  # processed inside apei_claim_sea
+    if event.kind == ev.MEMORY_FAILURE:
+        return bool(event.fields.get("action_required"))  # task_work on the faulting task
+    return False
+
+
+def _where(event: Event) -> tuple[int | None, dict | None, int | None]:
+    """Physical address, memory location and MPIDR the event's CPER (or fields) give."""
+    pa = location = mpidr = None
+    if event.cper is not None:
+        for sec in event.cper.sections:
+            body = sec.body
+            if isinstance(body, MemorySection):
+                if body.physical_addr_valid and pa is None:
+                    pa = body.physical_addr
+                location = location or body.location() or None
+                if body.is_valid("mem_dev_handle") and location is not None:
+                    location = {**location, "dimm_handle": body.mem_dev_handle}
+            elif isinstance(body, ArmProcessorSection):
+                if body.validation_bits & 1:
+                    mpidr = body.mpidr
+                for info in body.error_info:
+                    if info.physical_fault_addr_valid and pa is None and \
+                            "cache" in read_type(info.type, body.type_reading)[0]:
+                        pa = info.physical_fault_addr
+            elif isinstance(body, PcieSection) and body.validation_bits & 0x8:
+                location = location or {"pcie": body.device_id()["bdf"]}
+    if mpidr is None and event.kind == ev.ARM_EVENT and event.fields.get("mpidr"):
+        mpidr = event.fields["mpidr"]
+    return pa, location, mpidr
+
+
+def summarize(incident: Incident, evidence: _Evidence) -> str:
+    """One line a person can act on."""
+    what = {
+        "unlocatable_memory_corruption": "Unlocatable memory corruption (uncorrected, no valid "
+                                         "physical address)",
+        "boot_error_record": "Hardware error recorded in the previous boot (BERT)",
+        "guest_sea": "Guest synchronous external abort",
+        "guest_serror": "Guest SError",
+        "host_serror": "Host SError",
+        "host_sea": "Synchronous external abort",
+        "virtual_serror": "Virtual SError injected into a guest (not RAS-driven: emulation or "
+                          "user space)",
+        "hwpoison": "Page poisoned (memory_failure)",
+        "pcie_error": "PCIe error",
+        "processor_error": "ARM processor error",
+        "vendor_error": "Vendor-specific hardware error",
+        "corrected_memory": "Corrected memory error",
+        "uncorrected_memory": "Uncorrected memory error",
+        "hardware_error": "Hardware error",
+    }.get(incident.kind, incident.kind)
+    parts = [what]
+    if incident.phys_addr is not None:
+        parts.append(f"at PA {incident.phys_addr:#x}")
+    elif incident.pfn is not None:
+        parts.append(f"at PFN {incident.pfn:#x}")
+    if incident.location:
+        parts.append("(" + " ".join(f"{k} {v}" for k, v in incident.location.items()) + ")")
+    if incident.cpu is not None:
+        parts.append(f"on CPU {incident.cpu}")
+    if incident.vm and incident.vm.get("name"):
+        vcpu = incident.vm.get("vcpu")
+        parts.append(f"in VM {incident.vm['name']}" + (f" vCPU {vcpu}" if vcpu is not None else ""))
+    line = " ".join(parts)
+    line += f": {incident.severity}, {incident.containment.replace('_', ' ')}"
+    if incident.blast_radius and incident.blast_radius.get("summary"):
+        line += f"; touches {incident.blast_radius['summary']}"
+    if incident.disagreements:
+        line += f"; {incident.disagreements[0]}"
+    return line

@@ -1,0 +1,218 @@
+"""Classification and correlation on event sequences in the orders the kernel produces
+them (reference §1, §5; the lab's measured chains), with unrelated events interleaved.
+
+Events enter as the BPF side emits them (source records) and take the real decode
+stage, so what is tested is the daemon's own path.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from rasd.classify.severity import classify
+from rasd.correlate.incidents import PAGE_SHIFT, Correlator
+from rasd.decode.event import EventDecoder
+from rasd.encode import cper as enc
+from rasd.pipeline import Pipeline
+from rasd.sources.records import Record
+from rasd.sources.replay import encode_trace_entry
+from rasd.sources.tracefs import parse_format
+
+FORMATS = Path(__file__).resolve().parents[1] / "fixtures" / "formats" / "6.12"
+MFE = parse_format((FORMATS / "memory_failure_event").read_text(), "ras", "memory_failure_event")
+MS = 10**6
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 10**9
+
+    def __call__(self, step_ms: float = 1) -> int:
+        self.t += int(step_ms * MS)
+        return self.t
+
+
+def make(probe, kind, t, tid=5000, comm="victim", rf=(), blob=b"", **fields):
+    """rf: the record's header flags (return, user, no_regs, vcpu_fault...)."""
+    return Record(kind, probe, 0, frozenset(rf), 1, tid, tid, comm, t, dict(fields), blob)
+
+
+def ghes(t, block, notify_type=8, tid=5000, comm="victim"):
+    return make("ghes_do_proc", "ghes", t, tid, comm, blob=block, source_id=0, hest_type=10,
+                notify_type=notify_type, error_block_length=1024, estatus_len=len(block),
+                captured_len=len(block))
+
+
+def mem_block(pa, severity, pa_valid=True, **loc):
+    fields = dict(loc)
+    if pa_valid:
+        fields["physical_addr"] = pa
+    return enc.encode_status_block([enc.section(enc.memory_error(error_type=3, **fields), severity)])
+
+
+def mfe(t, pfn, result=3, page_type=13):
+    return make("memory_failure_event", "tp", t, tid=77, comm="kworker/1:1",
+                blob=encode_trace_entry(MFE, {"pfn": pfn, "type": page_type, "result": result}))
+
+
+def run(records, vm_of=None, blast=None):
+    changes = []
+    corr = Correlator(window_ns=2000 * MS, vm_of=vm_of, blast_radius=blast,
+                      on_change=changes.append)
+    ids = itertools.count(1)
+
+    def number(event):
+        event.id = next(ids)
+
+    p = Pipeline(EventDecoder({"ras:memory_failure_event": MFE}), stages=[number, classify, corr])
+    events = [p.feed(r) for r in records]
+    corr.expire(10**18)
+    incidents = {c.id: c for c in changes}
+    return events, incidents
+
+
+def test_host_sea_on_a_user_page_is_one_incident():
+    """6.1 order (lab §5): do_sea -> apei_claim_sea in the task -> ghes_proc_in_irq ->
+    ghes_do_proc (record in the faulting task's context) -> memory_failure_queue ->
+    memory_failure in a kworker -> memory_failure_event."""
+    clk = Clock()
+    pa = 0x8_1234_5000
+    pfn = pa >> PAGE_SHIFT
+    seq = [
+        make("ghes_proc_in_irq", "call", clk()),
+        ghes(clk(), mem_block(pa, enc.RECOVERABLE, node=0, module=3)),
+        make("memory_failure_queue", "call", clk(), pfn=pfn, flags=0),
+        make("apei_claim_sea", "call", clk(), rf={"return", "user"}, regs=1, ret=0),
+        make("memory_failure", "call", clk(20), tid=77, comm="kworker/1:1",
+             rf={"return"}, pfn=pfn, flags=0, ret=0),
+        mfe(clk(), pfn),
+    ]
+    events, incidents = run(seq, blast=lambda pfn: {"scope": "cgroup", "summary": "anon page"})
+    # ghes_proc_in_irq runs before the record it drains exists: an informational
+    # follower with nothing to follow yet stays outside; everything else is one incident
+    assert events[0].incident_id is None
+    ids = {e.incident_id for e in events[1:]}
+    assert len(ids) == 1 and None not in ids, [(e.kind, e.incident_id) for e in events]
+    inc = incidents[ids.pop()]
+    assert inc.kind == "uncorrected_memory"
+    assert inc.severity == "recoverable" and inc.containment == "page_isolated"
+    assert inc.phys_addr == pa and inc.pfn == pfn
+    assert inc.location == {"node": 0, "module": 3}
+    assert inc.blast_radius == {"scope": "cgroup", "summary": "anon page"}
+    assert inc.closed and sorted(inc.event_ids) == [2, 3, 4, 5, 6]
+    assert "PA 0x812345000" in inc.summary and "touches anon page" in inc.summary
+
+
+def test_unrelated_corrected_errors_interleaved_stay_apart():
+    clk = Clock()
+    pa = 0x4000_0000
+    seq = [make("apei_claim_sea", "call", clk(), rf={"return", "user"}, regs=1, ret=0),
+           ghes(clk(), mem_block(pa, enc.RECOVERABLE)),
+           ghes(clk(), mem_block(0x7000_0000, enc.CORRECTED), notify_type=0, tid=999, comm="bash"),
+           ghes(clk(), mem_block(0x7100_0000, enc.CORRECTED), notify_type=0, tid=5000),
+           # MF_ACTION_REQUIRED: task work in the faulting task (>= 6.8)
+           make("memory_failure", "call", clk(), tid=5000, rf={"return"}, pfn=pa >> PAGE_SHIFT,
+                flags=2, ret=0)]
+    events, incidents = run(seq)
+    chain = {events[i].incident_id for i in (0, 1, 4)}
+    assert len(chain) == 1
+    assert events[2].incident_id not in chain and events[3].incident_id not in chain
+    # the polled CE ran on the victim's thread by chance: it must not join the SEA
+    assert events[3].incident_id != events[2].incident_id
+    assert incidents[events[2].incident_id].kind == "corrected_memory"
+    assert incidents[events[2].incident_id].severity == "corrected"
+
+
+def test_unlocatable_memory_corruption_is_critical():
+    clk = Clock()
+    seq = [make("apei_claim_sea", "call", clk(), rf={"return", "user"}, regs=1, ret=0),
+           ghes(clk(), mem_block(0, enc.RECOVERABLE, pa_valid=False, node=1))]
+    events, incidents = run(seq)
+    inc = incidents[events[1].incident_id]
+    assert events[0].incident_id == events[1].incident_id
+    assert inc.kind == "unlocatable_memory_corruption"
+    assert inc.severity == "critical" and inc.containment == "not_containable"
+    assert "Unlocatable memory corruption" in inc.summary
+
+
+def test_guest_sea_not_claimed_injects_a_vserror_contained_to_the_vm():
+    """kvm_handle_guest_abort -> apei_claim_sea(NULL) -> not claimed -> kvm_inject_vabt,
+    all on the vCPU thread (lab §7.1)."""
+    clk = Clock()
+    vmm = dict(tid=4243, comm="CPU 0/KVM")
+    seq = [make("kvm_handle_guest_abort", "call", clk(), rf={"vcpu_fault"}, vcpu=1,
+                esr_el2=0x93800017, **vmm),
+           make("apei_claim_sea", "call", clk(), rf={"return", "no_regs"}, regs=0, ret=-2, **vmm),
+           make("kvm_inject_vabt", "call", clk(), vcpu=1, **vmm)]
+    seen = []
+
+    def vm_of(tgid, tid, comm):
+        seen.append((tgid, tid, comm))
+        return {"name": "vm1", "tgid": tgid, "vcpu": 0, "how": "test"}
+
+    events, incidents = run(seq, vm_of=vm_of)
+    assert len({e.incident_id for e in events}) == 1
+    inc = incidents[events[0].incident_id]
+    assert inc.kind == "guest_sea" and inc.containment == "vm_contained"
+    assert inc.severity == "uncorrected" and inc.vm["name"] == "vm1"
+    assert events[2].severity == "uncorrected"  # the vSError is RAS-driven here
+    assert seen == [(4243, 4243, "CPU 0/KVM")]  # attributed once
+    assert "in VM vm1 vCPU 0" in inc.summary
+
+
+def test_vserror_from_user_space_is_told_apart():
+    clk = Clock()
+    events, incidents = run([make("kvm_inject_vabt", "call", clk(), tid=4250, comm="CPU 1/KVM",
+                                  vcpu=2)])
+    inc = incidents[events[0].incident_id]
+    assert inc.kind == "virtual_serror" and inc.severity == "info"
+    assert "not RAS-driven" in inc.summary
+
+
+def test_host_serror_corrected_and_fatal():
+    clk = Clock()
+    ce = make("arm64_is_fatal_ras_serror", "call", clk(), rf={"return"}, regs=1,
+              esr=0xBE001811, fatal=0)  # AET CE (6), DFSC 0x11
+    events, incidents = run([ce])
+    inc = incidents[events[0].incident_id]
+    assert inc.kind == "host_serror" and inc.severity == "corrected" and inc.cpu == 1
+    uer = make("do_serror", "call", clk(), regs=1, esr=0xBE000C11)  # AET UER on the host: panic
+    events, incidents = run([uer])
+    assert incidents[events[0].incident_id].severity == "fatal"
+    assert incidents[events[0].incident_id].containment == "host_panic"
+
+
+def test_cper_overrules_the_esr_and_the_disagreement_is_kept():
+    """A guest SError the ESR calls UER (uncorrected), while firmware's record on the
+    same vCPU thread calls it corrected."""
+    clk = Clock()
+    vmm = dict(tid=4300, comm="CPU 2/KVM")
+    seq = [make("arm64_is_fatal_ras_serror", "call", clk(), rf={"return"}, regs=0,
+                esr=0xBE000C11, fatal=1, **vmm),
+           ghes(clk(), mem_block(0x9000_0000, enc.CORRECTED), **vmm)]
+    events, incidents = run(seq)
+    inc = incidents[events[0].incident_id]
+    assert events[1].incident_id == inc.id
+    assert inc.severity == "corrected"
+    assert inc.disagreements == ["ESR/AET says uncorrected, CPER says corrected (CPER taken)"]
+
+
+def test_window_closes_incidents():
+    clk = Clock()
+    pa = 0x5000_0000
+    first = ghes(clk(), mem_block(pa, enc.CORRECTED), notify_type=0)
+    later = ghes(clk(5000), mem_block(pa, enc.CORRECTED), notify_type=0)  # 5 s > 2 s window
+    events, incidents = run([first, later])
+    assert events[0].incident_id != events[1].incident_id
+    assert incidents[events[0].incident_id].closed
+
+
+def test_memory_failure_outcomes_classified():
+    clk = Clock()
+    for result, severity, containment in ((3, "recoverable", "page_isolated"),
+                                          (1, "uncorrected", "not_contained"),
+                                          (2, "recoverable", "delayed"),
+                                          (0, "uncorrected", "not_contained")):
+        events, _ = run([mfe(clk(), 0x1234, result=result)])
+        assert (events[0].severity, events[0].containment) == (severity, containment)
