@@ -1,0 +1,136 @@
+"""Predictive failure: leaky-bucket counts of corrected errors per page, per memory
+location and per CPU. A bucket that fills up is a predictive-failure incident:
+the hardware is wearing out before it fails outright.
+
+A leaky bucket (not a plain count per period) so that a steady trickle below the
+rate never trips, a burst does, and memory stays bounded: the bucket drains at
+``threshold / period`` and each corrected error adds one. Defaults follow
+rasdaemon's (page: 50 CEs in 24 h; CPU: 18 CEs in 24 h).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .. import events as ev
+from ..correlate.incidents import PAGE_SHIFT, _where
+from ..events import Event, Incident
+
+DAY_NS = 24 * 3600 * 10**9
+
+
+@dataclass(frozen=True)
+class Limit:
+    threshold: int
+    period_ns: int
+
+    @property
+    def leak_per_ns(self) -> float:
+        return self.threshold / self.period_ns
+
+
+DEFAULT_LIMITS = {"page": Limit(50, DAY_NS), "location": Limit(100, DAY_NS),
+                  "cpu": Limit(18, DAY_NS)}
+
+
+class Bucket:
+    __slots__ = ("level", "last_ns", "tripped")
+
+    def __init__(self, now_ns: int) -> None:
+        self.level = 0.0
+        self.last_ns = now_ns
+        self.tripped = False
+
+    def add(self, now_ns: int, limit: Limit) -> bool:
+        """Count one error; True the moment the bucket fills (once, until it drains half)."""
+        elapsed = max(0, now_ns - self.last_ns)
+        self.level = max(0.0, self.level - elapsed * limit.leak_per_ns) + 1
+        self.last_ns = now_ns
+        if self.tripped and self.level < limit.threshold / 2:
+            self.tripped = False  # hysteresis: re-arm only after it drained
+        if not self.tripped and self.level >= limit.threshold:
+            self.tripped = True
+            return True
+        return False
+
+
+class Thresholds:
+    """Pipeline stage: counts corrected events and opens predictive-failure incidents."""
+
+    def __init__(self, limits: dict[str, Limit] | None = None, ids: Iterator[int] | None = None,
+                 on_incident: Callable[[Incident, Event], None] | None = None,
+                 max_buckets: int = 100_000, cpu_of_mpidr: Callable[[int], int | None] | None = None
+                 ) -> None:
+        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.ids = ids or itertools.count(1)
+        self.on_incident = on_incident
+        self.max_buckets = max_buckets
+        self.cpu_of_mpidr = cpu_of_mpidr
+        self.buckets: OrderedDict[tuple[str, object], Bucket] = OrderedDict()
+        self.tripped: list[Incident] = []
+
+    def __call__(self, event: Event) -> None:
+        if event.severity != "corrected":
+            return
+        for scope, key in self._keys(event):
+            if self._bump(scope, key, event.wall_ns):
+                self._trip(scope, key, event)
+
+    def _keys(self, event: Event) -> list[tuple[str, object]]:
+        pa, location, mpidr = _where(event)
+        keys: list[tuple[str, object]] = []
+        pfn = event.fields.get("pfn")
+        if pfn is None and pa is not None:
+            pfn = pa >> PAGE_SHIFT
+        if pfn is not None:
+            keys.append(("page", pfn))
+        if location:
+            keys.append(("location", tuple(sorted(location.items()))))
+        cpu = event.cpu if event.kind in (ev.SERROR_CHECK, ev.HOST_SERROR) else None
+        if mpidr is not None:
+            mapped = self.cpu_of_mpidr(mpidr) if self.cpu_of_mpidr else None
+            cpu = mapped if mapped is not None else f"mpidr:{mpidr:#x}"
+        if cpu is not None:
+            keys.append(("cpu", cpu))
+        return keys
+
+    def _bump(self, scope: str, key: object, now_ns: int) -> bool:
+        bkey = (scope, key)
+        bucket = self.buckets.get(bkey)
+        if bucket is None:
+            bucket = self.buckets[bkey] = Bucket(now_ns)
+            if len(self.buckets) > self.max_buckets:
+                self.buckets.popitem(last=False)  # forget the least recently seen
+        else:
+            self.buckets.move_to_end(bkey)
+        return bucket.add(now_ns, self.limits[scope])
+
+    def _trip(self, scope: str, key: object, event: Event) -> None:
+        limit = self.limits[scope]
+        what = {"page": lambda k: f"page {k:#x}",
+                "location": lambda k: " ".join(f"{a} {b}" for a, b in k),
+                "cpu": lambda k: f"CPU {k}"}[scope](key)
+        hours = limit.period_ns / 3600e9
+        incident = Incident(
+            kind="predictive_failure", key=f"predict:{scope}:{key}", first_wall_ns=event.wall_ns,
+            last_wall_ns=event.wall_ns, severity="uncorrected" if scope == "cpu" else "recoverable",
+            containment="none_needed", id=next(self.ids),
+            summary=f"Predictive failure: {limit.threshold} corrected errors within "
+                    f"{hours:g} h on {what}; replace or offline it before it fails uncorrected")
+        if event.id is not None:
+            incident.event_ids.append(event.id)
+        incident.event_kinds.append(event.kind)
+        if scope == "page":
+            incident.pfn = key
+            incident.phys_addr = key << PAGE_SHIFT
+        elif scope == "location":
+            incident.location = dict(key)
+        elif isinstance(key, int):
+            incident.cpu = key
+        incident.blast_radius = {"scope": scope, "key": str(key)}
+        self.tripped.append(incident)
+        if self.on_incident is not None:
+            self.on_incident(incident, event)
