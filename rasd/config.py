@@ -63,6 +63,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, "read the Boot Error Record Table at start"),
         "path": Key(str, "/sys/firmware/acpi/tables", "tables directory or region file"),
     },
+    "correlate": {
+        "window_s": Key((int, float), 10, "events of one fault join an incident while they come "
+                        "within this many seconds of its last event", _positive),
+    },
+    "thresholds": {
+        "page_count": Key(int, 50, "corrected errors on one page that make a predictive "
+                          "failure", _positive),
+        "page_period_h": Key((int, float), 24, "...within this many hours", _positive),
+        "location_count": Key(int, 100, "corrected errors on one memory location (DIMM "
+                              "node/card/module/bank/rank/row)", _positive),
+        "location_period_h": Key((int, float), 24, "...within this many hours", _positive),
+        "cpu_count": Key(int, 18, "corrected errors on one CPU", _positive),
+        "cpu_period_h": Key((int, float), 24, "...within this many hours", _positive),
+    },
+    "actions": {
+        "page_offline": Key(str, "off", "soft-offline a page that crossed its threshold: off, "
+                            "dry-run or on", _one_of("off", "dry-run", "on")),
+        "cpu_offline": Key(str, "off", "offline a CPU that crossed its threshold: off, dry-run "
+                           "or on", _one_of("off", "dry-run", "on")),
+        "max_pages_per_day": Key(int, 64, "never soft-offline more pages than this a day",
+                                 _positive),
+        "max_cpu_share": Key(float, 0.125, "never have more than this share of CPUs offline",
+                             lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
+    },
     "record": {
         "path": Key(str, "", "append every source record here as JSON lines (replayable with "
                     "rasd --replay); empty: off"),

@@ -25,7 +25,9 @@ from .decode import bert as bert_mod
 from .decode.event import EventDecoder
 from .events import Event
 from .notify import Notifier
-from .pipeline import LogSink, Pipeline
+from .assembly import build
+from .classify.cpu_map import CpuMap
+from .pipeline import LogSink
 from .status import StatusServer
 
 log = logging.getLogger("rasd")
@@ -56,7 +58,10 @@ class Daemon:
         self.lockdown = "unavailable"
         self.notes: list[str] = []
         self.source_errors = 0
-        self.pipeline = Pipeline(EventDecoder(wall_offset_ns=wall_offset_ns()), [LogSink()])
+        self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()), [LogSink()],
+                              on_incident=self._on_incident, cpu_of_mpidr=CpuMap.from_host())
+        self.pipeline = self.assembly.pipeline
+        self.incidents_seen = 0
         self._stop = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -154,6 +159,7 @@ class Daemon:
                 self._dispatch(key.data)
             if time.monotonic() >= next_ping:
                 self.notifier.watchdog()
+                self.assembly.correlator.expire(time.time_ns())
                 self.pipeline.flush()
                 next_ping = time.monotonic() + interval
             if self._reload:
@@ -196,6 +202,12 @@ class Daemon:
             n += 1
         return n
 
+    def _on_incident(self, incident) -> None:
+        """Incidents as they open, change and close (journald alerts arrive with issue 5)."""
+        if incident.closed:
+            self.incidents_seen += 1
+            log.warning("incident %s %s: %s", incident.id, incident.kind, incident.summary)
+
     # --- signals, reload, stop -------------------------------------------------------------
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -227,6 +239,7 @@ class Daemon:
         """Drain what the kernel still holds, flush the sinks, detach, exit."""
         self.notifier.stopping()
         drained = self.drain()
+        self.assembly.correlator.expire(2**63 - 1)  # close what is still open
         self.pipeline.close()
         if self.loaded is not None:
             self.loaded.close()

@@ -123,6 +123,7 @@ class Incident:
     blast_radius: dict[str, Any] | None = None  # {"scope", "detail", ...}
     disagreements: list[str] = field(default_factory=list)
     closed: bool = False
+    merged_into: int | None = None  # set when a later event showed it was part of another
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "key": self.key,
@@ -134,4 +135,4 @@ class Incident:
                 "location": self.location, "cpu": self.cpu,
                 "mpidr": None if self.mpidr is None else hex(self.mpidr), "vm": self.vm,
                 "blast_radius": self.blast_radius, "disagreements": list(self.disagreements),
-                "closed": self.closed}
+                "closed": self.closed, "merged_into": self.merged_into}

@@ -89,11 +89,15 @@ def dry_run() -> int:
 
 
 def replay(cfg: config_mod.Config, path: str) -> int:
+    from ..assembly import build
     from ..decode.event import EventDecoder
-    from ..pipeline import LogSink, Pipeline
+    from ..pipeline import LogSink
     from ..sources.replay import ReplayFile
     source = ReplayFile(path)
-    pipeline = Pipeline(EventDecoder(), [LogSink()])
+    incidents = []
+    assembly = build(cfg, EventDecoder(), [LogSink()],
+                     on_incident=lambda i: incidents.append(i) if i.closed else None)
+    pipeline = assembly.pipeline
     t0 = time.monotonic()
     n = 0
     for rec in source.records():
@@ -102,11 +106,13 @@ def replay(cfg: config_mod.Config, path: str) -> int:
             pipeline.decoder.wall_offset_ns = source.wall_offset_ns or 0
         pipeline.feed(rec)
         n += 1
+    assembly.correlator.expire(2**63 - 1)
     pipeline.close()
     for err in source.errors:
         print(f"rasd: {err}", file=sys.stderr)
     summary = {"records": n, "bad_lines": len(source.errors),
-               "seconds": round(time.monotonic() - t0, 3), **pipeline.counters.to_dict()}
+               "seconds": round(time.monotonic() - t0, 3), **pipeline.counters.to_dict(),
+               "incidents": [i.to_dict() for i in incidents]}
     print(json.dumps(summary))
     return 0 if not source.errors else 1
 

@@ -68,7 +68,7 @@ class Correlator:
     def __call__(self, event: Event) -> None:
         self.expire(event.wall_ns)
         keys = event_keys(event)
-        incident = self._find(keys, event.wall_ns)
+        incident = self._find(keys)
         if incident is None:
             if event.kind in FOLLOWERS or not keys:
                 return
@@ -91,12 +91,34 @@ class Correlator:
         return done
 
     # --- internals ------------------------------------------------------------------------
-    def _find(self, keys: list[str], now_ns: int) -> Incident | None:
-        for key in keys:
-            iid = self.index.get(key)
-            if iid is not None and iid in self.open:
-                return self.open[iid]
-        return None
+    def _find(self, keys: list[str]) -> Incident | None:
+        """The open incident these keys point at; when they point at several, the event
+        proved them one fault: the later ones merge into the earliest."""
+        found = sorted({self.index[k] for k in keys if self.index.get(k) in self.open})
+        if not found:
+            return None
+        survivor = self.open[found[0]]
+        for iid in found[1:]:
+            self._merge(survivor, self.open[iid])
+        return survivor
+
+    def _merge(self, survivor: Incident, other: Incident) -> None:
+        del self.open[other.id]
+        evidence = self._state.pop(other.id)
+        for key, iid in list(self.index.items()):
+            if iid == other.id:
+                self.index[key] = survivor.id
+        survivor.event_ids.extend(other.event_ids)
+        survivor.event_kinds.extend(other.event_kinds)
+        survivor.first_wall_ns = min(survivor.first_wall_ns, other.first_wall_ns)
+        survivor.last_wall_ns = max(survivor.last_wall_ns, other.last_wall_ns)
+        for name in ("pfn", "phys_addr", "location", "cpu", "mpidr", "vm", "blast_radius"):
+            if getattr(survivor, name) is None:
+                setattr(survivor, name, getattr(other, name))
+        self._state[survivor.id].merge(evidence)
+        other.closed, other.merged_into = True, survivor.id
+        if self.on_change is not None:
+            self.on_change(other)
 
     def _new(self, event: Event) -> Incident:
         incident = Incident(kind=event.kind, key="", first_wall_ns=event.wall_ns,
@@ -163,6 +185,18 @@ class _Evidence:
         self.guest = False  # a guest took the fault
         self.vserror_after_ras = False
         self.reasons: list[str] = []
+
+    def merge(self, other: "_Evidence") -> None:
+        for name in ("cper", "esr", "other"):
+            setattr(self, name, worse(getattr(self, name), getattr(other, name)))
+        if CONTAINMENT_RANK.get(other.containment, 0) > CONTAINMENT_RANK.get(self.containment, 0):
+            self.containment = other.containment
+        self.kinds |= other.kinds
+        self.unlocatable |= other.unlocatable
+        self.memory |= other.memory
+        self.guest |= other.guest
+        self.vserror_after_ras |= other.vserror_after_ras
+        self.reasons.extend(other.reasons)
 
     def absorb(self, event: Event) -> None:
         if event.kind == ev.VSERROR_INJECTED and self.kinds & (ESR_KINDS | {ev.SEA_CLAIM}):

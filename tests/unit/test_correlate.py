@@ -69,6 +69,9 @@ def run(records, vm_of=None, blast=None):
     events = [p.feed(r) for r in records]
     corr.expire(10**18)
     incidents = {c.id: c for c in changes}
+    for event in events:  # follow merges, as a store would
+        while event.incident_id is not None and incidents[event.incident_id].merged_into:
+            event.incident_id = incidents[event.incident_id].merged_into
     return events, incidents
 
 
@@ -196,6 +199,23 @@ def test_cper_overrules_the_esr_and_the_disagreement_is_kept():
     assert events[1].incident_id == inc.id
     assert inc.severity == "corrected"
     assert inc.disagreements == ["ESR/AET says uncorrected, CPER says corrected (CPER taken)"]
+
+
+def test_an_event_that_links_two_open_incidents_merges_them():
+    """The SEA (thread key) and its record processed in a kernel thread (page key) open
+    two incidents; memory_failure in the task carries both keys: one fault."""
+    clk = Clock()
+    pa = 0x6000_0000
+    seq = [make("apei_claim_sea", "call", clk(), rf={"return", "user"}, regs=1, ret=0),
+           ghes(clk(), mem_block(pa, enc.RECOVERABLE), notify_type=0, tid=0, comm="swapper/1"),
+           make("memory_failure", "call", clk(), rf={"return"}, pfn=pa >> PAGE_SHIFT, flags=2,
+                ret=0)]
+    events, incidents = run(seq)
+    assert len({e.incident_id for e in events}) == 1
+    survivor = incidents[events[0].incident_id]
+    assert sorted(survivor.event_ids) == [1, 2, 3] and survivor.kind == "uncorrected_memory"
+    merged = [i for i in incidents.values() if i.merged_into == survivor.id]
+    assert len(merged) == 1 and merged[0].closed
 
 
 def test_window_closes_incidents():

@@ -247,3 +247,9 @@ def test_recorded_stream_replays_through_rasd(tmp_path):
     assert summary["events"] == {"sea_claim": 1, "ghes": 1, "memory_failure": 1,
                                  "memory_failure_event": 1}
     assert summary["decode_errors"] == 0
+    # the SEA, its record (in a kernel thread), memory_failure in the task and the
+    # outcome tracepoint are one fault: the page joins what the thread id began
+    live = [i for i in summary["incidents"] if i["merged_into"] is None]
+    assert len(live) == 1, summary["incidents"]
+    assert live[0]["kind"] == "uncorrected_memory" and live[0]["pfn"] == 0x812345
+    assert live[0]["severity"] == "recoverable" and live[0]["containment"] == "page_isolated"
