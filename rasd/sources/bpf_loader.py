@@ -1,0 +1,460 @@
+"""Compile, load and attach the BPF programs in a short-lived child process.
+
+Why a child: bcc keeps LLVM/clang in process (~130 MB RSS after a compile); the
+daemon must idle at <= 60 MB. The child (``python -m rasd.sources.bpf_loader``)
+imports bcc, compiles bpf/*.c as one unit (one shared ring buffer), loads and
+attaches what the resolver found, then hands the parent over a SOCK_SEQPACKET
+socketpair (SCM_RIGHTS) the file descriptors that keep everything alive:
+
+  ring-buffer map fd, lost-counter map fd, and per probe its program fds and
+  attachment fds (perf-event fds for kprobes/kretprobes/tracepoints, BPF link
+  fds for fentry), plus a JSON description. The child then exits with
+  os._exit() so bcc's atexit cleanup never detaches anything; attachments live
+  as long as the parent holds the fds. (bcc uses the kprobe PMU via
+  perf_event_open; on kernels without it bcc falls back to tracefs
+  kprobe_events, whose entries would outlive the daemon; the JSON says which.)
+
+Daemon entry point: ``load_probes()`` -> ``LoadedProbes``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .probes import BPF_SOURCES, BPF_TEST_SOURCE, PROBES, TEST_PROBE_ID, Probe
+from .records import Record, parse_record
+from .resolve import (ATTACHED, FAILED, HOT_KPROBE_REASON, PENDING, Features, KernelView,
+                      Resolution, detect_features, require_some, resolve)
+from .ringbuf import LostCounter, RingBuffer
+from .tracefs import EventFormat, find_tracefs, parse_format
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+_MAX_MSG = 1 << 20
+
+
+class LoaderError(RuntimeError):
+    """The loader child failed as a whole (compile error, crash, protocol)."""
+
+
+@dataclass(frozen=True)
+class ExtraAttach:
+    """A test/bench-only program in the same compile unit, writing into the same
+    ring buffer: on a tracepoint ("system:event", e.g. a syscall) or, with
+    kind="uprobe"/"uretprobe", on "path:symbol" (perf-event attachments like
+    bcc's kprobes; the kprobe programs' pt_regs bodies run unchanged there).
+    With ``copy_tp`` the generic tracepoint body (tracepoints.c) is instantiated
+    for that event under the name ``fn``."""
+    fn: str
+    target: str
+    copy_tp: bool = False
+    kind: str = "tracepoint"
+
+
+@dataclass
+class LoadedProbes:
+    """What the daemon holds after loading: readers plus the fds that keep the
+    programs attached. close() detaches everything."""
+    results: list[Resolution]
+    features: Features
+    ringbuf: RingBuffer
+    lost: LostCounter
+    prog_fds: dict[str, int]  # BPF function name -> program fd
+    link_fds: dict[str, list[int]]  # probe name -> attachment fds
+    map_fds: dict[str, int]  # BPF map name -> map fd
+    stats: dict[str, float]  # child timings and RSS
+    notes: list[str] = field(default_factory=list)  # BTF/fentry fallbacks, from the child
+    _all_fds: list[int] = field(default_factory=list, repr=False)
+
+    def attached(self) -> list[str]:
+        return [r.probe for r in self.results if r.status == ATTACHED]
+
+    def fileno(self) -> int:
+        """The ring-buffer map fd: register it (EPOLLIN) in the daemon's own loop."""
+        return self.ringbuf.fd
+
+    def status(self) -> dict[str, object]:
+        """Probe table and counters for status/metrics (JSON-able)."""
+        return {"probes": [r.to_json() for r in self.results],
+                "features": self.features.to_json(),
+                "lost_events": self.lost.total(),
+                "ringbuf_bytes": self.ringbuf.size,
+                "loader": self.stats, "notes": self.notes}
+
+    def read(self) -> Iterable[Record]:
+        for raw in self.ringbuf.records():
+            yield parse_record(raw)
+
+    def close(self) -> None:
+        self.ringbuf.close()
+        for fd in self._all_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._all_fds.clear()
+
+
+# --------------------------------------------------------------------------
+# parent side
+
+
+def tp_instance(fn: str, probe_id: int, fmt: EventFormat) -> str:
+    """C line instantiating the generic tracepoint program for one event format."""
+    dls = (fmt.data_loc_offsets + [-1, -1, -1, -1])[:4]
+    if len(fmt.data_loc_offsets) > 4:
+        raise ValueError(f"{fmt.key}: more than 4 __data_loc fields")
+    return f"RASD_TP_PROGRAM({fn}, {probe_id}, {fmt.fixed_size}, {', '.join(map(str, dls))})"
+
+
+def _probe_plan(p: Probe, r: Resolution, view: KernelView) -> dict[str, object]:
+    plan: dict[str, object] = {"name": p.name, "kind": r.kind, "symbol": r.symbol,
+                               "entry_fn": p.entry_fn, "exit_fn": p.exit_fn,
+                               "fentry_fn": p.fentry_fn if r.fentry else None,
+                               "fentry_macro": p.fentry_macro if r.fentry else None,
+                               "needs_vcpu_esr": p.needs_vcpu_esr, "id": p.id,
+                               "source": p.source, "hot": p.hot,
+                               "esr_param": p.esr_param}
+    if p.is_tracepoint:
+        plan["c"] = tp_instance(p.entry_fn or "", p.id, view.events[r.symbol or ""])
+    return plan
+
+
+def _test_plan(t: ExtraAttach) -> dict[str, object]:
+    plan: dict[str, object] = {"name": f"test:{t.fn}", "kind": t.kind,
+                               "symbol": t.target, "entry_fn": t.fn, "exit_fn": None,
+                               "fentry_fn": None, "fentry_macro": None, "test": True}
+    if t.copy_tp:
+        tracefs = find_tracefs()
+        if tracefs is None:
+            raise LoaderError("tracefs is not mounted")
+        sysname, ev = t.target.split(":")
+        fmt = parse_format((tracefs / "events" / sysname / ev / "format").read_text(), sysname, ev)
+        plan["c"] = tp_instance(t.fn, TEST_PROBE_ID, fmt)
+    return plan
+
+
+def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
+                probes: Iterable[Probe] = PROBES, test_attach: Iterable[ExtraAttach] = (),
+                require_any: bool = True, timeout: float = 120.0,
+                extra_cflags: Iterable[str] = (), hot_kprobes: bool = False) -> LoadedProbes:
+    """Resolve, then compile/load/attach in a child; return readers and fds.
+
+    Raises NoProbesError when nothing attached (unless require_any=False) and
+    LoaderError when the child fails as a whole. hot_kprobes: allow kprobes on
+    hot paths (every VM exit) when fentry does not work. extra_cflags: tests only."""
+    if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+        raise ValueError("ringbuf_pages must be a power of two")
+    child = _LoaderChild()
+    try:
+        view = view or KernelView.from_host()
+        probes = list(probes)
+        results = resolve(view, probes, hot_kprobes)
+        plans = [_probe_plan(p, r, view) for p, r in zip(probes, results) if r.status == PENDING]
+        if not plans and require_any:
+            require_some(results)  # nothing to load: say why, no compile
+        plans += [_test_plan(t) for t in test_attach]
+    except BaseException:
+        child.abort()
+        raise
+    request = {"bpf_dir": str(BPF_DIR), "ringbuf_pages": ringbuf_pages, "arch": view.arch,
+               "btf": view.btf, "probes": plans, "extra_cflags": list(extra_cflags),
+               "testing": bool(test_attach), "hot_kprobes": hot_kprobes}
+    reply, fds = child.run(request, timeout)
+    loaded = _assemble(results, reply, fds, detect_features(view))
+    if require_any:
+        try:
+            require_some(r for r in loaded.results if not r.probe.startswith("test:"))
+        except Exception:
+            loaded.close()
+            raise
+    return loaded
+
+
+class _LoaderChild:
+    """The child process, started before resolution so that Python start-up and
+    the bcc import overlap with reading kallsyms in the parent."""
+
+    def __init__(self) -> None:
+        self.sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(BPF_DIR.parent) + os.pathsep + env.get("PYTHONPATH", "")
+        with child_sock:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rasd.sources.bpf_loader", "--child",
+                 str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),), env=env, stderr=subprocess.PIPE)
+
+    def abort(self) -> None:
+        self.sock.close()  # the child sees EOF and exits
+        self.proc.kill()
+        self.proc.communicate()
+
+    def run(self, request: dict[str, object], timeout: float) -> tuple[dict, list[int]]:
+        with self.sock:
+            try:
+                self.sock.sendall(json.dumps(request).encode())
+                self.sock.settimeout(timeout)
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_MSG, 253)
+            except OSError as e:  # socket.timeout is an OSError
+                self.proc.kill()
+                raise LoaderError(f"loader child: {e}") from e
+            finally:
+                _, err = self.proc.communicate(timeout=timeout)
+        if not msg:
+            raise LoaderError("loader child exited without a reply: "
+                              + err.decode(errors="replace")[-2000:])
+        reply = json.loads(msg)
+        if "error" in reply:
+            for fd in fds:
+                os.close(fd)
+            raise LoaderError(reply["error"])
+        return reply, fds
+
+
+def _assemble(results: list[Resolution], reply: dict, fds: list[int],
+              features: Features) -> LoadedProbes:
+    by_name = {r.probe: r for r in results}
+    link_fds: dict[str, list[int]] = {}
+    for entry in reply["probes"]:
+        name = entry["name"]
+        links = [fds[i] for i in entry["link_fd_idx"]]
+        link_fds[name] = links
+        r = by_name.get(name)
+        if r is None:  # test attachment
+            results.append(r := Resolution(name, "", entry["kind"], entry["symbol"]))
+        r.status = ATTACHED if entry["ok"] else FAILED
+        r.kind = entry.get("kind", r.kind)
+        r.fentry = r.kind == "fentry"
+        if entry.get("reason"):
+            r.reason = entry["reason"]
+    prog_fds = {n: fds[i] for n, i in reply["prog_fd_idx"].items()}
+    map_fds = {n: fds[i] for n, i in reply["map_fd_idx"].items()}
+    loaded = LoadedProbes(results, features, RingBuffer(map_fds["rasd_events"]),
+                          LostCounter(map_fds["rasd_lost"]), prog_fds, link_fds, map_fds,
+                          reply["stats"], reply.get("notes", []), list(fds))
+    return loaded
+
+
+def compile_all_programs(extra_c: Iterable[str] = (), cflags: Iterable[str] = ()) -> list[str]:
+    """(Test helper, in-process, imports bcc.) Compile every program in bpf/ and
+    load each with the verifier without attaching; returns the function names."""
+    from bcc import BPF, lib  # noqa: deferred: only tests/children import bcc
+    text = _source_text(str(BPF_DIR), list(extra_c), testing=True)
+    b = BPF(text=text, cflags=_base_cflags(str(BPF_DIR), 8) + list(cflags))
+    names = [lib.bpf_function_name(b.module, i).decode()
+             for i in range(lib.bpf_num_functions(b.module))]
+    for n in names:
+        is_tp = n.startswith(("rasd_tp_", "rasd_test"))
+        b.load_func(n.encode(), BPF.TRACEPOINT if is_tp else BPF.KPROBE)
+    b.cleanup()
+    return names
+
+
+# --------------------------------------------------------------------------
+# child side (imports bcc)
+
+
+def _base_cflags(bpf_dir: str, pages: int) -> list[str]:
+    return [f"-I{bpf_dir}", f"-DRASD_RINGBUF_PAGES={pages}"]
+
+
+def _source_text(bpf_dir: str, extra: list[str], testing: bool = False,
+                 sources: Iterable[str] | None = None) -> str:
+    """common.h first, then the .c files (all, or those in ``sources``, in
+    BPF_SOURCES order): bcc compiles only its main file as BPF code. Compiling
+    only what is attached keeps start-up short."""
+    parts = [Path(bpf_dir, "common.h").read_text()]
+    wanted = set(BPF_SOURCES if sources is None or testing else sources)
+    files = tuple(f for f in BPF_SOURCES if f in wanted) + ((BPF_TEST_SOURCE,) if testing else ())
+    parts += [Path(bpf_dir, f).read_text() for f in files]
+    parts += extra
+    return "\n".join(parts) + "\n"
+
+
+def _btf_cflags(request: dict) -> tuple[list[str], set[str] | None, list[str]]:
+    """Struct offsets and esr parameter widths from the running kernel's BTF;
+    also its function names (fentry targets must be BTF functions)."""
+    plans = request["probes"]
+    if not any(p.get("fentry_fn") or p.get("esr_param") is not None
+               or p.get("source") in ("ghes.c", "kvm_arm.c") for p in plans):
+        return [], None, []  # tracepoints only: parsing BTF (~0.3 s) buys nothing
+    if not request["btf"]:
+        return [], None, ["no BTF: kvm_vcpu fault fields unknown, fentry unavailable"]
+    from .btf import Btf
+    btf = Btf.from_file()
+    flags, notes = [], []
+    ghes = btf.member("ghes", "generic")
+    if ghes:
+        flags.append(f"-DRASD_OFF_GHES_GENERIC={ghes.offset}")
+    if request["arch"] == "arm64":
+        for fld, macro in (("esr_el2", "ESR_EL2"), ("disr_el1", "DISR_EL1"),
+                           ("far_el2", "FAR_EL2"), ("hpfar_el2", "HPFAR_EL2")):
+            m = btf.member("kvm_vcpu", f"arch.fault.{fld}")
+            if m is None:
+                notes.append(f"BTF lacks kvm_vcpu.arch.fault.{fld}")
+                continue
+            flags.append(f"-DRASD_OFF_VCPU_{macro}={m.offset}")
+            if fld == "esr_el2":
+                flags.append(f"-DRASD_SZ_VCPU_{macro}={m.size}")
+    esr32 = _esr32_mask(btf, request["probes"])
+    if esr32:
+        flags.append(f"-DRASD_ESR32_PROBES={esr32:#x}ULL")
+    return flags, btf.functions(), notes
+
+
+def _esr32_mask(btf, plans: list[dict]) -> int:
+    """Bit per probe id whose esr parameter is 32-bit in the BTF prototype."""
+    mask = 0
+    for p in plans:
+        if p.get("esr_param") is None or not p.get("symbol"):
+            continue
+        sizes = btf.func_param_sizes(p["symbol"].split(".", 1)[0])
+        if sizes and len(sizes) > p["esr_param"] and sizes[p["esr_param"]] == 4:
+            mask |= 1 << p["id"]
+    return mask
+
+
+def _compile(request: dict, plans: list[dict], cflags: list[str]):
+    from bcc import BPF
+    extra = [p["c"] for p in plans if p.get("c")]
+    macros = [f"-D{p['fentry_macro']}" for p in plans if p.get("fentry_macro")]
+    text = _source_text(request["bpf_dir"], extra, request.get("testing", False),
+                        {p["source"] for p in plans if p.get("source")})
+    return BPF(text=text, cflags=_base_cflags(request["bpf_dir"], request["ringbuf_pages"])
+               + cflags + macros + request.get("extra_cflags", []))
+
+
+def _all_attach_fds(b) -> set[int]:
+    """Every attachment fd bcc holds (its dict layouts differ per probe type)."""
+    fds = set(b.tracepoint_fds.values()) | set(b.uprobe_fds.values())
+    fds |= set(b.kfunc_entry_fds.values()) | set(b.kfunc_exit_fds.values())
+    for per_fn in b.kprobe_fds.values():
+        fds |= set(per_fn.values())
+    return fds
+
+
+def _attach_one(b, plan: dict) -> tuple[bool, str, str, list[int]]:
+    """Attach one probe; returns (ok, kind, reason, new attachment fds)."""
+    sym = plan["symbol"]
+    if plan.get("fentry_fn"):
+        fd = b.kfunc_entry_fds.get(plan["fentry_fn"].encode())
+        if fd is not None:  # bcc's autoload attached it when compiling
+            return True, "fentry", "", [fd]
+    before = _all_attach_fds(b)
+    try:
+        if plan["kind"] == "tracepoint":
+            b.attach_tracepoint(tp=sym, fn_name=plan["entry_fn"])
+        elif plan["kind"] in ("uprobe", "uretprobe"):
+            path, _, func = sym.rpartition(":")
+            attach = b.attach_uprobe if plan["kind"] == "uprobe" else b.attach_uretprobe
+            attach(name=path, sym=func, fn_name=plan["entry_fn"])
+        else:
+            if plan["entry_fn"]:
+                b.attach_kprobe(event=sym, fn_name=plan["entry_fn"])
+            if plan["exit_fn"]:
+                b.attach_kretprobe(event=sym, fn_name=plan["exit_fn"])
+        kind = plan["kind"].replace("fentry", "kprobe")
+        return True, kind, "", sorted(_all_attach_fds(b) - before)
+    except Exception as e:  # bcc raises plain Exception; keep the first line
+        return False, plan["kind"], str(e).splitlines()[0][:300], []
+
+
+def _map_names(b) -> list[str]:
+    import ctypes
+
+    from bcc import lib
+    lib.bpf_table_name.restype = ctypes.c_char_p  # not declared by bcc's wrapper
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
+    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
+
+
+def _child_load(request: dict) -> tuple[dict, list[int]]:
+    t0 = time.monotonic()
+    cflags, btf_funcs, notes = _btf_cflags(request)
+    plans = request["probes"]
+    for p in plans:
+        if p.get("fentry_fn") and (btf_funcs is None or p["symbol"] not in btf_funcs):
+            p["fentry_fn"] = p["fentry_macro"] = None
+            p["kind"] = "kprobe"
+    t1 = time.monotonic()
+    try:
+        b = _compile(request, plans, cflags)
+    except Exception as e:
+        if not any(p.get("fentry_macro") for p in plans):
+            raise
+        notes.append(f"fentry unavailable ({str(e).splitlines()[0]}); using kprobes")
+        for p in plans:
+            p["fentry_fn"] = p["fentry_macro"] = None
+        b = _compile(request, plans, cflags)
+    t_compile = time.monotonic() - t1
+    fds: list[int] = []
+
+    def idx(fd: int) -> int:
+        fds.append(fd)
+        return len(fds) - 1
+
+    out_probes = []
+    vcpu_esr = any("RASD_OFF_VCPU_ESR_EL2" in f for f in cflags)
+    for p in plans:
+        if p.get("hot") and not p.get("fentry_fn") and not request.get("hot_kprobes"):
+            out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": False,
+                               "kind": "kprobe", "link_fd_idx": [], "reason": HOT_KPROBE_REASON})
+            continue
+        if p.get("needs_vcpu_esr") and not vcpu_esr:
+            out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": False,
+                               "kind": p["kind"], "link_fd_idx": [],
+                               "reason": "BTF lacks kvm_vcpu.arch.fault.esr_el2: no SEA filter"})
+            continue
+        ok, kind, reason, links = _attach_one(b, p)
+        out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": ok, "kind": kind,
+                           "reason": reason, "link_fd_idx": [idx(fd) for fd in links]})
+    prog_idx = {fn.decode(): idx(f.fd) for fn, f in b.funcs.items()}
+    map_idx = {name: idx(b[name].map_fd) for name in _map_names(b)}
+    reply = {
+        "probes": out_probes,
+        "prog_fd_idx": prog_idx,
+        "map_fd_idx": map_idx,
+        "notes": notes,
+        "stats": {"compile_s": t_compile,
+                  "total_s": time.monotonic() - t0,
+                  "child_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
+    }
+    return reply, fds
+
+
+def _child_main(sock_fd: int) -> None:
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        import bcc  # noqa: F401  (while the parent still resolves)
+        data = sock.recv(_MAX_MSG)
+        if not data:  # parent aborted
+            os._exit(0)
+        request = json.loads(data)
+        reply, fds = _child_load(request)
+        socket.send_fds(sock, [json.dumps(reply).encode()], fds)
+    except BaseException as e:  # report anything to the parent, then exit
+        sock.send(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()[:_MAX_MSG])
+    sys.stderr.flush()
+    # Skip bcc's atexit cleanup: it would detach the probes the parent now owns.
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", type=int, required=True, metavar="FD",
+                    help="socket fd to the parent (internal)")
+    args = ap.parse_args(argv)
+    _child_main(args.child)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Resolve the probe table against one kernel.
+
+A ``KernelView`` is everything resolution needs to know about a kernel: its
+architecture, text symbols (kallsyms), tracefs event formats, the kprobe
+blacklist (or None = unknown), BTF presence, kprobe support and the lockdown
+mode. It is built from the live host (``KernelView.from_host``) or from a
+recorded fixture directory (``KernelView.from_fixture``), so tests resolve
+against real 6.1/6.12 arm64 kernels on an x86 machine.
+
+``resolve(view)`` gives one ``Resolution`` per probe. Statuses:
+  pending         resolvable; the loader turns it into attached or failed
+  attached        (set by the loader)
+  missing_symbol  no candidate symbol / tracepoint on this kernel
+  blacklisted     the symbol is in the kprobe blacklist
+  wrong_arch      the probe exists only on another architecture
+  failed          resolvable in principle, but cannot work here (reason says why)
+  lockdown        lockdown=confidentiality refuses kprobes, BPF reads and tracefs
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .probes import PROBES, Probe
+from .tracefs import EventFormat, find_tracefs, parse_format
+
+PENDING, ATTACHED, MISSING, BLACKLISTED, WRONG_ARCH, FAILED, LOCKDOWN = (
+    "pending", "attached", "missing_symbol", "blacklisted", "wrong_arch", "failed", "lockdown")
+
+_TEXT_TYPES = frozenset("tTwW")
+_ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
+# Symbols the feature detection (reference §6.3) looks at, besides probe targets.
+FEATURE_SYMBOLS = ("memory_failure_cb", "ghes_kick_task_work", "kvm_inject_serror_esr",
+                   "kvm_inject_vabt", "kvm_handle_guest_sea")
+
+
+class NoProbesError(RuntimeError):
+    """Startup error: not a single probe can be attached on this kernel."""
+
+
+@dataclass
+class KernelView:
+    arch: str  # "arm64", "x86_64", ...
+    release: str
+    symbols: dict[str, str]  # text symbol name -> kallsyms type (module symbols included)
+    events: dict[str, EventFormat]  # "system:event" -> format
+    blacklist: frozenset[str] | None  # None: unknown (debugfs closed or not mounted)
+    btf: bool
+    kprobes: bool | None  # kernel kprobe support; None: unknown
+    lockdown: str  # "none", "integrity", "confidentiality" or "unavailable"
+    notes: list[str] = field(default_factory=list)
+
+    # --- construction ------------------------------------------------------
+    @classmethod
+    def from_host(cls, symbol_filter: re.Pattern[str] | None = None) -> "KernelView":
+        """Read the running kernel. Only symbols matching ``symbol_filter`` (default:
+        every probe candidate and feature symbol) are kept, to keep memory small."""
+        flt = symbol_filter or candidate_filter()
+        notes: list[str] = []
+        tracefs = find_tracefs()
+        if tracefs is None:
+            notes.append("tracefs is not mounted at /sys/kernel/tracing: no tracepoints")
+        return cls(
+            arch=normalize_arch(platform.machine()),
+            release=platform.release(),
+            symbols=_read_kallsyms(Path("/proc/kallsyms"), flt),
+            events=_read_events(tracefs / "events") if tracefs else {},
+            blacklist=_read_blacklist(Path("/sys/kernel/debug/kprobes/blacklist"), notes),
+            btf=Path("/sys/kernel/btf/vmlinux").exists(),
+            kprobes=_host_kprobes(tracefs),
+            lockdown=read_lockdown(Path("/sys/kernel/security/lockdown")),
+            notes=notes,
+        )
+
+    @classmethod
+    def from_fixture(cls, directory: str | os.PathLike[str], arch: str = "arm64",
+                     lockdown: str | None = None, blacklist_readable: bool = True) -> "KernelView":
+        """Read a recorded kernel (tests/fixtures/arm64-kernels/<release>/ layout:
+        kallsyms.txt without addresses, kprobe_blacklist.txt, uname.txt, btf.txt,
+        events/<sys>/<event>/format)."""
+        d = Path(directory)
+        notes: list[str] = []
+        bl_path = d / "kprobe_blacklist.txt"
+        blacklist = None
+        if blacklist_readable and bl_path.exists():
+            blacklist = frozenset(_names(bl_path.read_text()))
+        else:
+            notes.append("kprobe blacklist unknown")
+        btf_txt = (d / "btf.txt").read_text() if (d / "btf.txt").exists() else ""
+        uname = (d / "uname.txt").read_text() if (d / "uname.txt").exists() else ""
+        return cls(
+            arch=arch,
+            release=d.name,
+            symbols=_parse_kallsyms_lines((d / "kallsyms.txt").read_text().splitlines(),
+                                          addr=False),
+            events=_read_events(d / "events"),
+            blacklist=blacklist,
+            btf="vmlinux: present" in btf_txt,
+            kprobes=True,
+            lockdown=lockdown or _lockdown_from_text(uname) or "unavailable",
+            notes=notes,
+        )
+
+    # --- queries ------------------------------------------------------------
+    def event(self, key: str) -> EventFormat | None:
+        return self.events.get(key)
+
+    def match_symbol(self, candidates: Iterable[str]) -> str | None:
+        """First candidate present; regex candidates ("re:...") pick the shortest
+        (the plain name if present, else the lowest clone suffix)."""
+        for cand in candidates:
+            if cand.startswith("re:"):
+                rx = re.compile(cand[3:] + r"\Z")
+                hits = sorted((s for s in self.symbols if rx.match(s)), key=lambda s: (len(s), s))
+                if hits:
+                    return hits[0]
+            elif cand in self.symbols:
+                return cand
+        return None
+
+
+def normalize_arch(machine: str) -> str:
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+def candidate_filter(probes: Iterable[Probe] = PROBES) -> re.Pattern[str]:
+    parts = [re.escape(s) for s in FEATURE_SYMBOLS]
+    for p in probes:
+        for s in p.symbols:
+            parts.append(s[3:] if s.startswith("re:") else re.escape(s))
+    return re.compile("(?:" + "|".join(parts) + r")\Z")
+
+
+def _parse_kallsyms_lines(lines: Iterable[str], addr: bool,
+                          flt: re.Pattern[str] | None = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in lines:
+        parts = line.split()
+        if addr:
+            parts = parts[1:]
+        if len(parts) < 2 or parts[0] not in _TEXT_TYPES:
+            continue
+        name = parts[1]
+        if flt is None or flt.match(name):
+            out.setdefault(name, parts[0])
+    return out
+
+
+def _read_kallsyms(path: Path, flt: re.Pattern[str]) -> dict[str, str]:
+    with path.open() as f:
+        return _parse_kallsyms_lines(f, addr=True, flt=flt)
+
+
+def _read_events(events_dir: Path) -> dict[str, EventFormat]:
+    """Formats of the systems rasd uses (ras, memory_failure); others are not read."""
+    out: dict[str, EventFormat] = {}
+    for system in ("ras", "memory_failure"):
+        sysdir = events_dir / system
+        if not sysdir.is_dir():
+            continue
+        for evdir in sorted(sysdir.iterdir()):
+            fmt = evdir / "format"
+            try:
+                out[f"{system}:{evdir.name}"] = parse_format(fmt.read_text(), system, evdir.name)
+            except OSError:
+                continue  # not an event directory, or unreadable (lockdown)
+    return out
+
+
+def _names(text: str) -> list[str]:
+    """Symbol names from blacklist lines ("0xa-0xb\tname" live, "name" in fixtures)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts:
+            out.append(parts[-1] if len(parts) > 1 and parts[0].startswith("0x") else parts[0])
+    return out
+
+
+def _read_blacklist(path: Path, notes: list[str]) -> frozenset[str] | None:
+    """The blacklist lives in debugfs. rasd never mounts debugfs; when it is not
+    mounted or closed by lockdown the blacklist is unknown, which is not an error."""
+    try:
+        return frozenset(_names(path.read_text()))
+    except OSError as e:
+        notes.append(f"kprobe blacklist unknown ({path}: {e.strerror or e})")
+        return None
+
+
+def _host_kprobes(tracefs: Path | None) -> bool:
+    """kprobe PMU (perf_event_open) or kprobe_events in tracefs."""
+    if Path("/sys/bus/event_source/devices/kprobe/type").exists():
+        return True
+    return bool(tracefs and (tracefs / "kprobe_events").exists())
+
+
+def _lockdown_from_text(text: str) -> str | None:
+    m = re.search(r"\[(none|integrity|confidentiality)\]", text)
+    return m.group(1) if m else None
+
+
+def read_lockdown(path: Path) -> str:
+    """Current lockdown mode; "unavailable" when the kernel has no lockdown LSM."""
+    try:
+        return _lockdown_from_text(path.read_text()) or "unavailable"
+    except OSError:
+        return "unavailable"
+
+
+@dataclass
+class Resolution:
+    probe: str
+    status: str
+    kind: str = ""  # attach kind chosen: kprobe, kretprobe, kprobe+kretprobe, fentry, tracepoint
+    symbol: str | None = None  # kernel symbol or "system:event"
+    reason: str = ""
+    fentry: bool = False  # the loader should try the fentry form first
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _kprobe_kind(p: Probe) -> str:
+    if p.entry_fn and p.exit_fn:
+        return "kprobe+kretprobe"
+    return "kretprobe" if p.exit_fn else "kprobe"
+
+
+HOT_KPROBE_REASON = ("hot path (every VM exit): fentry unavailable and a kprobe would trap "
+                     "on each exit; allow with hot_kprobes=True")
+
+
+def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False) -> Resolution:
+    if view.lockdown == "confidentiality":
+        return Resolution(p.name, LOCKDOWN, reason="lockdown=confidentiality refuses kprobes, "
+                          "BPF kernel reads and tracefs")
+    if p.is_tracepoint:
+        for key in p.events:
+            if key in view.events:
+                return Resolution(p.name, PENDING, "tracepoint", key)
+        return Resolution(p.name, MISSING, "tracepoint",
+                          reason="no tracepoint " + " or ".join(p.events))
+    if "any" not in p.arch and view.arch not in p.arch:
+        return Resolution(p.name, WRONG_ARCH, _kprobe_kind(p),
+                          reason=f"{'/'.join(p.arch)} only; this kernel is {view.arch}")
+    sym = view.match_symbol(p.symbols)
+    if sym is None:
+        return Resolution(p.name, MISSING, _kprobe_kind(p),
+                          reason=f"{_describe(p.symbols)} not in kallsyms (inlined, not built, "
+                                 "or another kernel version)")
+    if view.blacklist is not None and sym in view.blacklist:
+        return Resolution(p.name, BLACKLISTED, _kprobe_kind(p), sym,
+                          reason=f"{sym} is in the kprobe blacklist")
+    fentry = bool(p.fentry_fn and view.btf and "." not in sym)
+    if p.hot and not fentry and not hot_kprobes:
+        return Resolution(p.name, FAILED, _kprobe_kind(p), sym, reason=HOT_KPROBE_REASON)
+    if not view.kprobes and not fentry:
+        return Resolution(p.name, FAILED, _kprobe_kind(p), sym,
+                          reason="kernel has no kprobe support (CONFIG_KPROBES off)")
+    reason = "" if view.blacklist is not None else "kprobe blacklist unknown"
+    return Resolution(p.name, PENDING, "fentry" if fentry else _kprobe_kind(p), sym, reason,
+                      fentry=fentry)
+
+
+def _describe(symbols: tuple[str, ...]) -> str:
+    return " / ".join(s[3:] if s.startswith("re:") else s for s in symbols)
+
+
+def resolve(view: KernelView, probes: Iterable[Probe] = PROBES,
+            hot_kprobes: bool = False) -> list[Resolution]:
+    """hot_kprobes: allow kprobes on hot paths when fentry is unavailable."""
+    return [resolve_probe(p, view, hot_kprobes) for p in probes]
+
+
+@dataclass(frozen=True)
+class Features:
+    """Runtime feature detection (reference §6.3), instead of version numbers."""
+    ghes_model: str  # "task_work_cb" (>=6.17), "kick_task_work" (5.8-6.16), "legacy" (<=5.7)
+    kvm_inject: str | None  # "kvm_inject_serror_esr", "kvm_inject_vabt" or None
+    kvm_handle_guest_sea_symbol: bool
+    arm_event_extended: bool  # ras:arm_event has pei_len/pei_buf/ctx/oem
+    memory_failure_event: str | None  # "ras:memory_failure_event" / "memory_failure:..."
+    lockdown: str
+    btf: bool
+    kprobe_blacklist_known: bool
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def detect_features(view: KernelView) -> Features:
+    syms = view.symbols
+    if "memory_failure_cb" in syms:
+        model = "task_work_cb"
+    elif "ghes_kick_task_work" in syms:
+        model = "kick_task_work"
+    else:
+        model = "legacy"
+    inject = next((s for s in ("kvm_inject_serror_esr", "kvm_inject_vabt") if s in syms), None)
+    arm = view.event("ras:arm_event")
+    mfe = next((k for k in ("ras:memory_failure_event", "memory_failure:memory_failure_event")
+                if k in view.events), None)
+    return Features(
+        ghes_model=model,
+        kvm_inject=inject,
+        kvm_handle_guest_sea_symbol="kvm_handle_guest_sea" in syms,
+        arm_event_extended=bool(arm and arm.has_field("pei_len")),
+        memory_failure_event=mfe,
+        lockdown=view.lockdown,
+        btf=view.btf,
+        kprobe_blacklist_known=view.blacklist is not None,
+    )
+
+
+def require_some(results: Iterable[Resolution]) -> None:
+    """Raise NoProbesError when nothing at all is attached (call after loading)."""
+    results = list(results)
+    if not any(r.status == ATTACHED for r in results):
+        summary = "; ".join(f"{r.probe}: {r.status} {r.reason}".strip() for r in results)
+        raise NoProbesError("no probe could be attached on this kernel: " + summary)
