@@ -33,6 +33,10 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
+def _not_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
 def _power_of_two(v: Any) -> str | None:
     return None if v > 0 and v & (v - 1) == 0 else "must be a power of two"
 
@@ -63,6 +67,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, "read the Boot Error Record Table at start"),
         "path": Key(str, "/sys/firmware/acpi/tables", "tables directory or region file"),
     },
+    "metrics": {
+        "enabled": Key(bool, True, "serve Prometheus metrics"),
+        "address": Key(str, "0.0.0.0", "bind address of the metrics endpoint"),
+        "port": Key(int, 10199, "port of the metrics endpoint (outside the fully allocated "
+                    "9100-9999 exporter range)", lambda v: None if 0 < v < 65536 else
+                    "must be 1-65535"),
+        "tls_cert": Key(str, "", "PEM certificate: serve HTTPS when set"),
+        "tls_key": Key(str, "", "PEM private key for tls_cert (empty: inside the cert file)"),
+        "max_location_labels": Key(int, 256, "distinct memory-location label values before "
+                                   "\"_other\"", _positive),
+        "max_vm_labels": Key(int, 32, "distinct VM label values before \"_other\"", _positive),
+    },
+    "journal": {
+        "enabled": Key(bool, True, "send alerts to journald (stderr when journald is absent)"),
+        "rate_limit_per_key": Key(int, 5, "alerts per alert key per interval; the rest are "
+                                  "counted, not sent", _positive),
+        "rate_limit_interval_s": Key((int, float), 600, "...the interval", _positive),
+    },
     "correlate": {
         "window_s": Key((int, float), 10, "events of one fault join an incident while they come "
                         "within this many seconds of its last event", _positive),
@@ -86,6 +108,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                  _positive),
         "max_cpu_share": Key(float, 0.125, "never have more than this share of CPUs offline",
                              lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
+    },
+    "store": {
+        "enabled": Key(bool, True, "keep events and incidents in the SQLite store"),
+        "path": Key(str, "", "store file; empty: rasd.db in daemon.state_dir "
+                    "(/var/lib/rasd/rasd.db)"),
+        "batch_events": Key(int, 1000, "commit when this many events are pending", _positive),
+        "batch_ms": Key(int, 200, "commit pending events at least this often (ms)", _positive),
+        "retention_days": Key((int, float), 90, "delete events older than this; 0: keep all",
+                              _not_negative),
+        "max_size_mb": Key((int, float), 1024, "delete the oldest events beyond this size; "
+                           "0: no limit", _not_negative),
+        "retention_interval_s": Key((int, float), 600, "how often retention runs",
+                                    _positive),
     },
     "record": {
         "path": Key(str, "", "append every source record here as JSON lines (replayable with "

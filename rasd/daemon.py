@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import os
 import selectors
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from .notify import Notifier
 from .assembly import build
 from .classify.cpu_map import CpuMap
 from .pipeline import LogSink
+from .sinks.journal import JournalAlerts
+from .sinks.metrics import Metrics
 from .status import StatusServer
 
 log = logging.getLogger("rasd")
@@ -58,8 +62,18 @@ class Daemon:
         self.lockdown = "unavailable"
         self.notes: list[str] = []
         self.source_errors = 0
-        self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()), [LogSink()],
-                              on_incident=self._on_incident, cpu_of_mpidr=CpuMap.from_host())
+        m = cfg["metrics"]
+        self.metrics = Metrics(m["max_location_labels"], m["max_vm_labels"])
+        self.metrics.live_counters = {"kernel_ringbuf": self.lost_kernel,
+                                      "decode": lambda: self.source_errors}
+        j = cfg["journal"]
+        self.alerts = JournalAlerts(j["rate_limit_per_key"], j["rate_limit_interval_s"],
+                                    j["enabled"], on_suppressed=self._on_suppressed)
+        self.suppressed = Counter()
+        self.metrics_error: str | None = None
+        self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()),
+                              [self.metrics, LogSink()], on_incident=self._on_incident,
+                              cpu_of_mpidr=CpuMap.from_host())
         self.pipeline = self.assembly.pipeline
         self.incidents_seen = 0
         self._stop = False
@@ -85,6 +99,9 @@ class Daemon:
         if self.loaded is None and not self.dry_run and self.lockdown != "confidentiality":
             raise StartupError("no event source: no probe attached (see above)")
         self.status_server = StatusServer(self.cfg["daemon"]["runtime_dir"], self.snapshot)
+        self.metrics.set_probes(self.probe_table())
+        self.metrics.set_lockdown(self.lockdown)
+        self._serve_metrics()
         self.notifier.ready(self.status_line())
         log.info("rasd %s ready: %s", __version__, self.status_line())
 
@@ -160,6 +177,7 @@ class Daemon:
             if time.monotonic() >= next_ping:
                 self.notifier.watchdog()
                 self.assembly.correlator.expire(time.time_ns())
+                self._serve_metrics()
                 self.pipeline.flush()
                 next_ping = time.monotonic() + interval
             if self._reload:
@@ -202,11 +220,30 @@ class Daemon:
             n += 1
         return n
 
+    def _serve_metrics(self) -> None:
+        """Bind the metrics endpoint; a port in use is an error the daemon survives and
+        retries (events are still stored and alerted meanwhile)."""
+        m = self.cfg["metrics"]
+        if not m["enabled"] or self.metrics.server is not None:
+            return
+        try:
+            self.metrics.serve(m["address"], m["port"], m["tls_cert"], m["tls_key"])
+            self.metrics_error = None
+        except (OSError, ssl.SSLError) as exc:
+            message = f"metrics endpoint {m['address']}:{m['port']} unavailable: {exc}"
+            if message != self.metrics_error:
+                log.error("%s (retrying)", message)
+            self.metrics_error = message
+
     def _on_incident(self, incident) -> None:
-        """Incidents as they open, change and close (journald alerts arrive with issue 5)."""
-        if incident.closed:
+        """Incidents as they open, change and close: alerts and metrics."""
+        self.alerts.incident(incident)
+        self.metrics.incident(incident)
+        if incident.closed and incident.merged_into is None:
             self.incidents_seen += 1
-            log.warning("incident %s %s: %s", incident.id, incident.kind, incident.summary)
+
+    def _on_suppressed(self, kind: str) -> None:
+        self.suppressed[kind] += 1
 
     # --- signals, reload, stop -------------------------------------------------------------
     def install_signals(self) -> None:
@@ -245,6 +282,7 @@ class Daemon:
             self.loaded.close()
         if self.status_server is not None:
             self.status_server.close()
+        self.metrics.stop()
         log.info("rasd stopped (%d record(s) drained at stop)", drained)
 
     # --- status ----------------------------------------------------------------------------
@@ -277,6 +315,9 @@ class Daemon:
                 "counters": {**self.pipeline.counters.to_dict(),
                              "lost_kernel": self.lost_kernel(),
                              "source_errors": self.source_errors},
+                "incidents": self.incidents_seen,
+                "alerts": {"sent": self.alerts.sent, "suppressed": dict(self.suppressed)},
+                "metrics": self.metrics_error or "ok",
                 "notes": self.notes}
 
 

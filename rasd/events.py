@@ -31,6 +31,7 @@ ARM_EVENT = "arm_event"
 MC_EVENT = "mc_event"
 NON_STANDARD = "non_standard"
 AER = "aer"
+SIGBUS = "sigbus"  # signal:signal_generate with sig 7: fields name the target thread
 BERT = "bert"  # a boot error record read at start
 KMSG = "kmsg"  # a kernel log line group, when nothing better can be had (lockdown)
 
@@ -121,6 +122,9 @@ class Incident:
     mpidr: int | None = None
     vm: dict[str, Any] | None = None  # {"name", "tgid", "vcpu", "how"}
     blast_radius: dict[str, Any] | None = None  # {"scope", "detail", ...}
+    esr: int | None = None  # the first syndrome seen (SError/SEA)
+    aet: str | None = None
+    sections: list[str] = field(default_factory=list)  # CPER section types seen
     disagreements: list[str] = field(default_factory=list)
     closed: bool = False
     merged_into: int | None = None  # set when a later event showed it was part of another
@@ -134,5 +138,7 @@ class Incident:
                 "phys_addr": None if self.phys_addr is None else hex(self.phys_addr),
                 "location": self.location, "cpu": self.cpu,
                 "mpidr": None if self.mpidr is None else hex(self.mpidr), "vm": self.vm,
-                "blast_radius": self.blast_radius, "disagreements": list(self.disagreements),
+                "blast_radius": self.blast_radius,
+                "esr": None if self.esr is None else hex(self.esr), "aet": self.aet,
+                "sections": list(self.sections), "disagreements": list(self.disagreements),
                 "closed": self.closed, "merged_into": self.merged_into}

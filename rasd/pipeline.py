@@ -90,7 +90,7 @@ class Pipeline:
 
 
 class LogSink:
-    """Until the store and journald sinks exist (issues 4, 5): one log line per event."""
+    """One debug log line per event (rasd --log-level debug)."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("rasd.events")
@@ -98,8 +98,9 @@ class LogSink:
     def handle(self, event: Event) -> None:
         task = f" {event.task.comm}[{event.task.tgid}/{event.task.tid}]" if event.task else ""
         extra = f" decode error: {event.decode_error}" if event.decode_error else ""
-        self.log.info("%s from %s cpu %s%s %s%s", event.kind, event.source, event.cpu, task,
-                      _summary(event), extra)
+        if self.log.isEnabledFor(logging.DEBUG):  # per event: storms would flood the log
+            self.log.debug("%s from %s cpu %s%s %s%s", event.kind, event.source, event.cpu, task,
+                           _summary(event), extra)
 
     def flush(self) -> None:
         pass

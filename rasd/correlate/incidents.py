@@ -5,7 +5,9 @@ read (reference §1, §5): ``apei_claim_sea`` (the faulting task) → the GHES r
 (processed inside that call, in the faulting task's context) → ``memory_failure``
 (the task's own task_work, or a kworker) → the tracepoint with the outcome →
 SIGBUS; or, for a guest, KVM's stage-2 abort → the same chain on the vCPU thread
-→ (unclaimed) a virtual SError into the guest. Events are joined when they share a
+→ (unclaimed) a virtual SError into the guest. A host chain ends in SIGBUS
+BUS_MCEERR_AR to the thread that touched the page (for a guest: to the VMM's vCPU
+thread, which QEMU forwards into the guest). Events are joined when they share a
 key — the page, the faulting thread, the CPU, the device — within a time window.
 
 The correlator is a pipeline stage: it sets ``event.incident_id`` and keeps the
@@ -70,7 +72,7 @@ class Correlator:
         keys = event_keys(event)
         incident = self._find(keys)
         if incident is None:
-            if event.kind in FOLLOWERS or not keys:
+            if _follows_only(event) or not keys:
                 return
             incident = self._new(event)
         self._add(incident, event, keys)
@@ -112,7 +114,8 @@ class Correlator:
         survivor.event_kinds.extend(other.event_kinds)
         survivor.first_wall_ns = min(survivor.first_wall_ns, other.first_wall_ns)
         survivor.last_wall_ns = max(survivor.last_wall_ns, other.last_wall_ns)
-        for name in ("pfn", "phys_addr", "location", "cpu", "mpidr", "vm", "blast_radius"):
+        for name in ("pfn", "phys_addr", "location", "cpu", "mpidr", "vm", "blast_radius", "esr",
+                     "aet"):
             if getattr(survivor, name) is None:
                 setattr(survivor, name, getattr(other, name))
         self._state[survivor.id].merge(evidence)
@@ -160,6 +163,14 @@ class Correlator:
             # the page's state changes once memory_failure ran: read it now
             if self.blast_radius is not None and event.severity != "corrected":
                 incident.blast_radius = self.blast_radius(pfn)
+        if incident.esr is None and event.esr is not None:
+            incident.esr = event.esr.value
+            if event.esr.serror is not None and event.esr.serror.aet is not None:
+                incident.aet = event.esr.serror.aet.name
+        if event.cper is not None:
+            for sec in event.cper.sections:
+                if sec.name not in incident.sections:
+                    incident.sections.append(sec.name)
         if incident.cpu is None and event.cpu is not None and event.kind in (
                 ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC, ev.HOST_SEA):
             incident.cpu = event.cpu
@@ -167,7 +178,8 @@ class Correlator:
     def _attribute(self, incident: Incident, event: Event) -> None:
         if incident.vm is not None or event.task is None or self.vm_of is None:
             return
-        if event.kind in KVM_KINDS or event.fields.get("origin") == "guest":
+        if event.kind in KVM_KINDS or event.fields.get("origin") == "guest" or \
+                _sigbus_to_own_vcpu(event):
             incident.vm = self.vm_of(event.task.tgid, event.task.tid, event.task.comm)
 
 
@@ -185,6 +197,8 @@ class _Evidence:
         self.guest = False  # a guest took the fault
         self.vserror_after_ras = False
         self.reasons: list[str] = []
+        self.sigbus: list[str] = []  # "SIGBUS to comm[tid] (code)", for the summary
+        self.mceerr = False  # a SIGBUS BUS_MCEERR_* is among the events
 
     def merge(self, other: "_Evidence") -> None:
         for name in ("cper", "esr", "other"):
@@ -197,6 +211,8 @@ class _Evidence:
         self.guest |= other.guest
         self.vserror_after_ras |= other.vserror_after_ras
         self.reasons.extend(other.reasons)
+        self.sigbus.extend(s for s in other.sigbus if s not in self.sigbus)
+        self.mceerr |= other.mceerr
 
     def absorb(self, event: Event) -> None:
         if event.kind == ev.VSERROR_INJECTED and self.kinds & (ESR_KINDS | {ev.SEA_CLAIM}):
@@ -221,6 +237,13 @@ class _Evidence:
             self.unlocatable = True
         if event.reason:
             self.reasons.append(event.reason)
+        if event.kind == ev.SIGBUS:
+            f = event.fields
+            note = f"SIGBUS to {f.get('target_comm')}[{f.get('target_tid')}] " \
+                   f"({f.get('code_name')})"
+            if note not in self.sigbus:
+                self.sigbus.append(note)
+            self.mceerr |= bool(f.get("mceerr"))
 
     def settle(self, incident: Incident) -> None:
         # firmware-first: where CPER and the ESR both speak, CPER decides
@@ -260,6 +283,8 @@ class _Evidence:
             return "vendor_error"
         if ev.MC_EVENT in k:
             return "corrected_memory" if self.other == "corrected" else "uncorrected_memory"
+        if ev.SIGBUS in k:
+            return "memory_error_sigbus" if self.mceerr else "sigbus"
         return "hardware_error"
 
 
@@ -276,6 +301,9 @@ def event_keys(event: Event) -> list[str]:
         keys.append(f"page:{pfn:#x}")
     if _in_faulting_task(event):
         keys.append(f"tid:{event.task.tid}")
+    if event.kind == ev.SIGBUS and _sigbus_joins(event):
+        # the target, not the sender: BUS_MCEERR_AO comes from memory_failure's thread
+        keys.append(f"tid:{event.fields['target_tid']}")
     if event.kind in (ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC) and \
             event.fields.get("origin") != "guest" and event.cpu is not None:
         keys.append(f"cpu:{event.cpu}")
@@ -290,6 +318,29 @@ def event_keys(event: Event) -> list[str]:
     if not keys and event.kind not in FOLLOWERS:
         keys.append(f"event:{event.kind}:{event.wall_ns}")  # stands alone
     return keys
+
+
+def _sigbus_joins(event: Event) -> bool:
+    """A SIGBUS that ends a fault chain: BUS_MCEERR_* (memory_failure, KVM hwpoison) or
+    BUS_OBJERR (arm64: an SEA firmware did not claim). Others are not RAS."""
+    f = event.fields
+    return f.get("target_tid") is not None and (
+        bool(f.get("mceerr")) or f.get("code_name") == "BUS_OBJERR")
+
+
+def _follows_only(event: Event) -> bool:
+    """Joins an open incident, never opens one: BUS_OBJERR also comes from drivers
+    and is RAS only after an SEA on the same thread."""
+    return event.kind in FOLLOWERS or (event.kind == ev.SIGBUS and
+                                       event.fields.get("code_name") == "BUS_OBJERR")
+
+
+def _sigbus_to_own_vcpu(event: Event) -> bool:
+    """A SIGBUS a vCPU thread sent itself (KVM's hwpoison signal, kill_me_maybe): only
+    then is the sender's tgid the VMM's, so the VM can be named."""
+    f = event.fields
+    return event.kind == ev.SIGBUS and f.get("target_vcpu") is not None and \
+        event.task is not None and event.task.tid == f.get("target_tid")
 
 
 def _in_faulting_task(event: Event) -> bool:
@@ -354,6 +405,8 @@ def summarize(incident: Incident, evidence: _Evidence) -> str:
         "corrected_memory": "Corrected memory error",
         "uncorrected_memory": "Uncorrected memory error",
         "hardware_error": "Hardware error",
+        "memory_error_sigbus": "Memory error signalled to a task (SIGBUS BUS_MCEERR)",
+        "sigbus": "SIGBUS (not a hardware error)",
     }.get(incident.kind, incident.kind)
     parts = [what]
     if incident.phys_addr is not None:
@@ -369,6 +422,8 @@ def summarize(incident: Incident, evidence: _Evidence) -> str:
         parts.append(f"in VM {incident.vm['name']}" + (f" vCPU {vcpu}" if vcpu is not None else ""))
     line = " ".join(parts)
     line += f": {incident.severity}, {incident.containment.replace('_', ' ')}"
+    if evidence.sigbus:
+        line += "; " + ", ".join(evidence.sigbus[:3])
     if incident.blast_radius and incident.blast_radius.get("summary"):
         line += f"; touches {incident.blast_radius['summary']}"
     if incident.disagreements:
