@@ -167,7 +167,7 @@ def test_alerts_reach_journald_with_fields(journald):
     tag = f"rasd-test-{os.getpid()}-{time.monotonic_ns()}"
     alerts = JournalAlerts()
     assert alerts.send.__name__ == "send"  # journald is there: not the stderr fallback
-    inc = incident(0x812345, pfn=0x812345, phys_addr=0x812345000,
+    inc = incident(int.from_bytes(os.urandom(6), "little"), pfn=0x812345, phys_addr=0x812345000,
                    location={"node": 0, "module": 3},
                    vm={"name": "vm1", "tgid": 4242, "vcpu": 2},
                    blast_radius={"scope": "cgroup", "summary": "anonymous page of qemu[4242]"})
