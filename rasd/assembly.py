@@ -22,6 +22,19 @@ from .sinks.actions import Actions
 HOUR_NS = 3600 * 10**9
 
 
+def host_lookups() -> dict[str, Any]:
+    """What the correlator asks the running host: page state, VM names, DIMM labels,
+    MPIDR -> CPU, PCIe -> NIC. Replays on another machine pass none of these."""
+    from .classify.blast_radius import PageInspector
+    from .classify.cpu_map import CpuMap
+    from .classify.dimm import DimmTable
+    from .classify.netdev import netdevs_for_pci
+    from .classify.vm import VmCache
+    return {"blast_radius": PageInspector().blast_radius, "vm_of": VmCache().lookup,
+            "dimm_of": DimmTable().lookup, "cpu_of_mpidr": CpuMap.from_host(),
+            "netdevs_of": netdevs_for_pci}
+
+
 @dataclass
 class Assembly:
     pipeline: Pipeline
@@ -35,11 +48,14 @@ def build(cfg: Config, decoder: EventDecoder, sinks: list[Sink],
           first_event_id: int = 1, first_incident_id: int = 1,
           blast_radius: Callable[[int], Any] | None = None,
           vm_of: Callable[[int, int, str], Any] | None = None,
-          cpu_of_mpidr: Callable[[int], int | None] | None = None) -> Assembly:
+          cpu_of_mpidr: Callable[[int], int | None] | None = None,
+          netdevs_of: Callable[[str], list] | None = None,
+          dimm_of: Callable[[int], dict | None] | None = None) -> Assembly:
     incident_ids = itertools.count(first_incident_id)  # shared: one numbering for incidents
     notify = on_incident or (lambda incident: None)
     correlator = Correlator(window_ns=int(cfg["correlate"]["window_s"] * 10**9), ids=incident_ids,
-                            blast_radius=blast_radius, vm_of=vm_of, on_change=notify)
+                            blast_radius=blast_radius, vm_of=vm_of, on_change=notify,
+                            netdevs_of=netdevs_of, dimm_of=dimm_of)
     actions = Actions(cfg["actions"]["page_offline"], cfg["actions"]["cpu_offline"],
                       cfg["actions"]["max_pages_per_day"], cfg["actions"]["max_cpu_share"])
 

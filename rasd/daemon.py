@@ -27,8 +27,7 @@ from .decode import bert as bert_mod
 from .decode.event import EventDecoder
 from .events import Event
 from .notify import Notifier
-from .assembly import build
-from .classify.cpu_map import CpuMap
+from .assembly import build, host_lookups
 from .pipeline import LogSink
 from .sinks.journal import JournalAlerts
 from .sinks.metrics import Metrics
@@ -73,7 +72,7 @@ class Daemon:
         self.metrics_error: str | None = None
         self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()),
                               [self.metrics, LogSink()], on_incident=self._on_incident,
-                              cpu_of_mpidr=CpuMap.from_host())
+                              **host_lookups())
         self.pipeline = self.assembly.pipeline
         self.incidents_seen = 0
         self._stop = False
@@ -129,9 +128,10 @@ class Daemon:
         if not path:
             return
         from .sources.replay import RecordWriter
+        from .sources.probes import TRACE_SYSTEMS
         formats = {}
         for key, fmt in self.view.events.items():
-            if key.startswith(("ras:", "memory_failure:")):
+            if key.split(":", 1)[0] in TRACE_SYSTEMS:  # what the tracepoint probes read
                 formats[key] = _format_text(key)
         self.pipeline.recorder = RecordWriter(path, formats, self.pipeline.decoder.wall_offset_ns)
 

@@ -56,11 +56,15 @@ class Correlator:
                  ids: Iterator[int] | None = None,
                  blast_radius: Callable[[int], Any] | None = None,
                  vm_of: Callable[[int, int, str], Any] | None = None,
-                 on_change: Callable[[Incident], None] | None = None) -> None:
+                 on_change: Callable[[Incident], None] | None = None,
+                 netdevs_of: Callable[[str], list] | None = None,
+                 dimm_of: Callable[[int], dict | None] | None = None) -> None:
         self.window_ns = window_ns
         self.ids = ids or itertools.count(1)
         self.blast_radius = blast_radius  # pfn -> dict (read /proc/kpageflags at once)
         self.vm_of = vm_of  # (tgid, tid, comm) -> dict or None
+        self.netdevs_of = netdevs_of  # PCI "ssss:bb:dd.f" -> [NetdevInfo]: which NIC it is
+        self.dimm_of = dimm_of  # SMBIOS type 17 handle -> {"label", "locator", ...}
         self.on_change = on_change
         self.open: dict[int, Incident] = {}
         self.index: dict[str, int] = {}  # key -> open incident id
@@ -153,6 +157,16 @@ class Correlator:
             incident.phys_addr = pa
         if incident.location is None and location:
             incident.location = location
+            handle = location.get("dimm_handle")
+            if handle is not None and self.dimm_of is not None:
+                dimm = self.dimm_of(handle)
+                if dimm and dimm.get("label"):
+                    incident.location = {**incident.location, "dimm": dimm["label"]}
+            if "pcie" in location and self.netdevs_of is not None:
+                nics = self.netdevs_of(location["pcie"])
+                if nics:
+                    incident.location = {**location, "netdev": ",".join(
+                        f"{n.name}({n.operstate or '?'})" for n in nics)}
         if incident.mpidr is None and mpidr is not None:
             incident.mpidr = mpidr
         pfn = event.fields.get("pfn")
@@ -162,7 +176,8 @@ class Correlator:
             incident.pfn = pfn
             # the page's state changes once memory_failure ran: read it now
             if self.blast_radius is not None and event.severity != "corrected":
-                incident.blast_radius = self.blast_radius(pfn)
+                radius = self.blast_radius(pfn)
+                incident.blast_radius = radius.to_dict() if hasattr(radius, "to_dict") else radius
         if incident.esr is None and event.esr is not None:
             incident.esr = event.esr.value
             if event.esr.serror is not None and event.esr.serror.aet is not None:
@@ -424,8 +439,9 @@ def summarize(incident: Incident, evidence: _Evidence) -> str:
     line += f": {incident.severity}, {incident.containment.replace('_', ' ')}"
     if evidence.sigbus:
         line += "; " + ", ".join(evidence.sigbus[:3])
-    if incident.blast_radius and incident.blast_radius.get("summary"):
-        line += f"; touches {incident.blast_radius['summary']}"
+    radius = incident.blast_radius or {}
+    if radius.get("detail") or radius.get("summary"):
+        line += f"; touches {radius.get('detail') or radius.get('summary')}"
     if incident.disagreements:
         line += f"; {incident.disagreements[0]}"
     return line

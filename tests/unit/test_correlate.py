@@ -236,3 +236,25 @@ def test_memory_failure_outcomes_classified():
                                           (0, "uncorrected", "not_contained")):
         events, _ = run([mfe(clk(), 0x1234, result=result)])
         assert (events[0].severity, events[0].containment) == (severity, containment)
+
+
+def test_pcie_incident_names_the_nic():
+    from rasd.classify.netdev import NetdevInfo
+    clk = Clock()
+    sec = enc.pcie(port_type=0, device=dict(segment=0, bus=3, device=0, function=1,
+                                            vendor_id=0x15B3, device_id=0x101B),
+                   aer=dict(cor_status=1))
+    block = enc.encode_status_block([enc.section(sec, enc.CORRECTED)])
+    asked = []
+
+    def netdevs(bdf):
+        asked.append(bdf)
+        return [NetdevInfo("enp3s0f1", operstate="UP")]
+
+    corr = Correlator(netdevs_of=netdevs)
+    p = Pipeline(EventDecoder({}), stages=[classify, corr])
+    event = p.feed(ghes(clk(), block, notify_type=0, tid=0, comm="swapper/0"))
+    inc = corr.open[event.incident_id]
+    assert asked == ["0000:03:00.1"]
+    assert inc.location == {"pcie": "0000:03:00.1", "netdev": "enp3s0f1(UP)"}
+    assert "netdev enp3s0f1(UP)" in inc.summary
