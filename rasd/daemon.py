@@ -57,14 +57,18 @@ class Daemon:
         self.started_wall = time.time()
         self.view: Any = None
         self.loaded: Any = None
+        self.instance: Any = None  # sources.fallbacks.InstanceSource
+        self.kmsg: Any = None  # sources.fallbacks.KmsgSource (lockdown=confidentiality)
         self.status_server: StatusServer | None = None
         self.lockdown = "unavailable"
         self.notes: list[str] = []
         self.source_errors = 0
         m = cfg["metrics"]
         self.metrics = Metrics(m["max_location_labels"], m["max_vm_labels"])
-        self.metrics.live_counters = {"kernel_ringbuf": self.lost_kernel,
-                                      "decode": lambda: self.source_errors}
+        self.metrics.live_counters = {
+            "kernel_ringbuf": self.lost_kernel, "decode": lambda: self.source_errors,
+            "tracefs_instance": lambda: self.instance.lost() if self.instance else None,
+            "kmsg": lambda: self.kmsg.lost() if self.kmsg else None}
         j = cfg["journal"]
         self.alerts = JournalAlerts(j["rate_limit_per_key"], j["rate_limit_interval_s"],
                                     j["enabled"], on_suppressed=self._on_suppressed)
@@ -95,8 +99,13 @@ class Daemon:
             self.read_bert()
         if self.cfg["bpf"]["enabled"] and self.lockdown != "confidentiality":
             self._load_probes()
-        if self.loaded is None and not self.dry_run and self.lockdown != "confidentiality":
-            raise StartupError("no event source: no probe attached (see above)")
+        self._start_instance()
+        if self.lockdown == "confidentiality":
+            self._start_kmsg()
+        if self.loaded is None and self.instance is None and self.kmsg is None \
+                and not self.dry_run:
+            raise StartupError("no event source: no probe attached, no tracefs instance, "
+                               "no kmsg (see above)")
         self.status_server = StatusServer(self.cfg["daemon"]["runtime_dir"], self.snapshot)
         self.metrics.set_probes(self.probe_table())
         self.metrics.set_lockdown(self.lockdown)
@@ -122,6 +131,33 @@ class Daemon:
         for r in self.loaded.results:
             log.info("probe %-26s %-15s %s %s", r.probe, r.status, r.symbol or "", r.reason)
         log.info("probes loaded in %.2f s", time.monotonic() - t0)
+
+    def _start_instance(self) -> None:
+        """The tracefs instance that buffered ras:* while rasd was down: drain it now."""
+        from .sources.fallbacks import InstanceSource
+        from .sources.trace_instance import TracefsUnavailable
+        t = self.cfg["tracefs"]
+        try:
+            self.instance = InstanceSource(t["instance"], t["buffer_size_kb"],
+                                           self.cfg["daemon"]["state_dir"]).setup()
+        except (TracefsUnavailable, OSError) as exc:
+            self.notes.append(f"tracefs instance unavailable: {exc}")
+            log.warning("tracefs instance unavailable: %s", exc)
+            return
+        recovered = self.instance.drain(self.pipeline.feed)
+        log.info("tracefs instance %s: %d event(s) recorded while rasd was down",
+                 t["instance"], recovered)
+
+    def _start_kmsg(self) -> None:
+        from .sources.fallbacks import KmsgSource
+        try:
+            self.kmsg = KmsgSource(self.cfg["daemon"]["state_dir"]).open()
+        except OSError as exc:
+            self.notes.append(f"/dev/kmsg unavailable: {exc}")
+            log.error("/dev/kmsg unavailable: %s", exc)
+            return
+        n = self.kmsg.drain(self.pipeline.feed_event, flush=True)
+        log.info("kmsg: %d RAS line group(s) since the last cursor", n)
 
     def _set_up_recorder(self) -> None:
         path = self.cfg["record"]["path"]
@@ -169,6 +205,11 @@ class Daemon:
             sel.register(self.loaded.ringbuf.fd, selectors.EVENT_READ, "ringbuf")
         if self.status_server is not None:
             sel.register(self.status_server.fileno(), selectors.EVENT_READ, "status")
+        if self.instance is not None:
+            for fd in self.instance.fds():
+                sel.register(fd, selectors.EVENT_READ, "instance")
+        if self.kmsg is not None:
+            sel.register(self.kmsg.fileno(), selectors.EVENT_READ, "kmsg")
         interval = self._wake_interval()
         next_ping = time.monotonic()
         while not self._stop:
@@ -176,14 +217,22 @@ class Daemon:
                 self._dispatch(key.data)
             if time.monotonic() >= next_ping:
                 self.notifier.watchdog()
-                self.assembly.correlator.expire(time.time_ns())
-                self._serve_metrics()
+                self._tick()
                 self.pipeline.flush()
                 next_ping = time.monotonic() + interval
             if self._reload:
                 self._do_reload()
         self.stop()
         return EXIT_OK
+
+    def _tick(self) -> None:
+        """Housekeeping at each watchdog wake-up: nothing here runs per event."""
+        if self.instance is not None:
+            self.instance.drain(self.pipeline.feed)
+        if self.kmsg is not None:
+            self.kmsg.drain(self.pipeline.feed_event, flush=True)  # close quiet line groups
+        self.assembly.correlator.expire(time.time_ns())
+        self._serve_metrics()
 
     def _wake_interval(self) -> float:
         # systemd wants a ping well inside WatchdogSec; halve it
@@ -196,6 +245,10 @@ class Daemon:
             self.drain()
         elif what == "status":
             self.status_server.serve_pending()
+        elif what == "instance":
+            self.instance.drain(self.pipeline.feed)
+        elif what == "kmsg":
+            self.kmsg.drain(self.pipeline.feed_event)
         elif what == "signal":
             try:
                 while os.read(self._wake_r, 64):
@@ -215,6 +268,8 @@ class Daemon:
             except RecordError as exc:
                 self.source_errors += 1
                 log.warning("ring buffer record rejected: %s", exc)
+                continue
+            if rec.kind == "tp" and self.instance is not None and not self._first_copy(rec):
                 continue
             self.pipeline.feed(rec)
             n += 1
@@ -244,6 +299,10 @@ class Daemon:
 
     def _on_suppressed(self, kind: str) -> None:
         self.suppressed[kind] += 1
+
+    def _first_copy(self, rec) -> bool:
+        fmt = self.pipeline.decoder._format_for(rec.probe)
+        return fmt is None or self.instance.offer_bpf(rec, fmt)
 
     # --- signals, reload, stop -------------------------------------------------------------
     def install_signals(self) -> None:
@@ -276,6 +335,12 @@ class Daemon:
         """Drain what the kernel still holds, flush the sinks, detach, exit."""
         self.notifier.stopping()
         drained = self.drain()
+        if self.instance is not None:
+            self.instance.drain(self.pipeline.feed)
+            self.instance.close()  # the instance itself keeps recording while rasd is down
+        if self.kmsg is not None:
+            self.kmsg.drain(self.pipeline.feed_event, flush=True)
+            self.kmsg.close()
         self.assembly.correlator.expire(2**63 - 1)  # close what is still open
         self.pipeline.close()
         if self.loaded is not None:
@@ -314,7 +379,13 @@ class Daemon:
                 "features": self.loaded.features.to_json() if self.loaded else None,
                 "counters": {**self.pipeline.counters.to_dict(),
                              "lost_kernel": self.lost_kernel(),
-                             "source_errors": self.source_errors},
+                             "source_errors": self.source_errors,
+                             "tracefs_instance": None if self.instance is None else {
+                                 "delivered": self.instance.delivered,
+                                 "duplicates": self.instance.duplicates,
+                                 "lost": self.instance.lost()},
+                             "kmsg": None if self.kmsg is None else {
+                                 "events": self.kmsg.events, "lost": self.kmsg.lost()}},
                 "incidents": self.incidents_seen,
                 "alerts": {"sent": self.alerts.sent, "suppressed": dict(self.suppressed)},
                 "metrics": self.metrics_error or "ok",
