@@ -4,23 +4,30 @@ Commands:
   decode       CPER status blocks and records (files, stdin, BERT) -> report or JSON lines
   decode-esr   an ESR_ELx value -> fields and the kernel's verdict
   status       the running daemon's probe table and counters
+  events       stored events (filters: time, type, severity, VM)
+  incidents    stored incidents
+  show         one incident with its events, or one event (event:ID)
+  summary      event counts by type, severity, CPU, VM, memory location
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..decode import bert as bert_mod
 from ..decode import cper, esr
 from ..decode.errors import DecodeError
 from ..decode.inputs import to_bytes
+from . import tables
 from .report import format_record
 
 EXIT_OK, EXIT_DECODE_ERROR, EXIT_USAGE = 0, 1, 2
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--runtime-dir", default="/run/rasd", metavar="DIR",
                     help="where the daemon's status.sock is (default %(default)s)")
     st.set_defaults(func=cmd_status)
+    add_store_commands(sub)
     return parser
 
 
@@ -163,7 +171,7 @@ def render_input(job: tuple[str, bytes | None, DecodeOptions]) -> Rendered:
     for index, rec in enumerate(records):
         _set_arm_reading(rec, opts.arm_type)
         parts.append(_render_record(res, name, index, rec, opts))
-    res.out = "".join(parts)
+    res.out += "".join(parts)  # after any input-error line already there
     return res
 
 
@@ -177,8 +185,14 @@ def render_bert(path: str, opts: DecodeOptions) -> Rendered:
         return res
     if report.table is None and not report.records:
         res.err.append(f"rasdctl: no BERT at {path}")
+    if report.table is not None and not report.table.checksum_ok:
+        res.err.append(f"rasdctl: {source}: warning: BERT table checksum is wrong")
+    for rec in report.records:
+        _set_arm_reading(rec, opts.arm_type)
     res.out = "".join(_render_record(res, source, index, rec, opts, consumed=rec.empty)
                       for index, rec in enumerate(report.records))
+    if report.error is not None:  # e.g. a region beyond the read limit: say so, exit 1
+        _input_error(res, source, str(report.error), opts)
     return res
 
 
@@ -269,6 +283,297 @@ def _esr_verdicts(decoded: esr.Esr, has_ras: bool, origin: str) -> list:
             return list(esr.guest_sea_verdicts(decoded, None))
         return list(esr.host_sea_verdicts(decoded, None))
     return []
+
+
+# --- store queries: events, incidents, show, summary ---------------------------------------
+
+STORE_EPILOG = """\
+times (--since/--until): ISO 8601 (2026-11-25T04:00:00Z; no zone means UTC), @EPOCH_SECONDS,
+  or an age: 90s, 30m, 1h, 2d, 1w. Output times are UTC. [since, until) is half-open.
+--json: {json}
+exit status: 0 ok (also when nothing matched), 1 the store cannot be read or the id is
+  unknown (reason on stderr), 2 usage
+"""
+
+
+def _time_arg(text: str) -> int:
+    try:
+        return tables.parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _default_db() -> str:
+    from .. import config as config_mod
+    from ..sinks.store import DEFAULT_PATH, store_path
+    try:
+        return str(store_path(config_mod.load()))
+    except config_mod.ConfigError:
+        return DEFAULT_PATH
+
+
+def add_store_commands(sub: Any) -> None:
+    from ..events import SEVERITY_ORDER
+
+    def common(p: argparse.ArgumentParser, times: bool = True) -> None:
+        p.add_argument("--db", metavar="PATH", help="the store (default: store.path from "
+                       "/etc/rasd/rasd.toml, else /var/lib/rasd/rasd.db)")
+        if times:
+            p.add_argument("--since", type=_time_arg, metavar="TIME", help="from this time on")
+            p.add_argument("--until", type=_time_arg, metavar="TIME", help="before this time")
+
+    def parser(name: str, help_: str, desc: str, json_doc: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=desc,
+                              epilog=STORE_EPILOG.format(json=json_doc),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    ev = parser("events", "stored events", "List stored events, oldest first.",
+                "JSON Lines, one event per line (its decoded form, without raw bytes)")
+    common(ev)
+    ev.add_argument("--type", dest="kinds", action="append", metavar="KIND",
+                    help="event kind (ghes, memory_failure, guest_sea, ...); repeatable")
+    ev.add_argument("--severity", choices=SEVERITY_ORDER, help="this severity or worse")
+    ev.add_argument("--vm", metavar="NAME", help="events attributed to this VM")
+    ev.add_argument("--limit", type=_positive_int, metavar="N", help="only the newest N")
+    ev.add_argument("--json", action="store_true", help="JSON Lines")
+    ev.set_defaults(func=cmd_events)
+
+    inc = parser("incidents", "stored incidents", "List incidents that overlap the time range, "
+                 "oldest first.", "JSON Lines, one incident per line")
+    common(inc)
+    inc.add_argument("--severity", choices=SEVERITY_ORDER, help="this severity or worse")
+    inc.add_argument("--vm", metavar="NAME", help="incidents in this VM")
+    inc.add_argument("--open", action="store_true", help="only incidents still open")
+    inc.add_argument("--json", action="store_true", help="JSON Lines")
+    inc.set_defaults(func=cmd_incidents)
+
+    sh = parser("show", "one incident with its events, or one event",
+                "Show incident ID with its member events, or event:ID with its stored raw "
+                "bytes decoded again (to show they round-trip).", "one JSON document")
+    common(sh, times=False)
+    sh.add_argument("id", metavar="ID|event:ID")
+    sh.add_argument("--json", action="store_true", help="one JSON document")
+    sh.set_defaults(func=cmd_show)
+
+    su = parser("summary", "event counts by type, severity, CPU, VM, memory location",
+                "Count events by type, severity, CPU, VM, memory location and page.",
+                "one JSON document")
+    common(su)
+    su.add_argument("--json", action="store_true", help="one JSON document")
+    su.set_defaults(func=cmd_summary)
+
+
+def _open_store(args: argparse.Namespace):
+    from ..sinks.store import StoreReader
+    return StoreReader(args.db or _default_db())
+
+
+def _store_command(fn):
+    """Store errors are exit 1 with the reason on stderr, never a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        from ..sinks.store import StoreError
+        try:
+            reader = _open_store(args)
+        except StoreError as exc:
+            print(f"rasdctl: {exc}", file=sys.stderr)
+            return EXIT_DECODE_ERROR
+        try:
+            return fn(args, reader)
+        except StoreError as exc:
+            print(f"rasdctl: {exc}", file=sys.stderr)
+            return EXIT_DECODE_ERROR
+        finally:
+            reader.close()
+    return run
+
+
+def event_json(row: Any) -> dict:
+    """The stored decoded form, with the columns the store derived from it."""
+    d = json.loads(row["decoded"])
+    d["id"] = row["id"]
+    d["time"] = tables.fmt_time(row["wall_ns"])
+    d["incident_id"] = row["incident_id"]
+    d["vm"] = row["vm"]
+    d["pfn"] = row["pfn"]
+    d["phys_addr"] = None if row["phys_addr"] is None else hex(row["phys_addr"])
+    d["location"] = row["location"]
+    return d
+
+
+def incident_json(row: Any) -> dict:
+    d = {k: row[k] for k in row.keys()}
+    for name in ("location", "vm", "blast_radius", "disagreements", "event_kinds"):
+        d[name] = None if d[name] is None else json.loads(d[name])
+    for name in ("phys_addr", "mpidr"):
+        d[name] = None if d[name] is None else hex(d[name])
+    d.pop("sev_rank", None)
+    d.pop("vm_name", None)
+    d["closed"] = bool(d["closed"])
+    d["first"], d["last"] = tables.fmt_time(d["first_wall_ns"]), tables.fmt_time(d["last_wall_ns"])
+    return d
+
+
+EVENT_HEADERS = ("ID", "TIME", "KIND", "SEVERITY", "CPU", "TASK", "PFN", "LOCATION", "VM",
+                 "INCIDENT", "REASON")
+
+
+def _event_cells(row: Any) -> list:
+    task = f"{row['comm']}[{row['tid']}]" if row["comm"] is not None else None
+    return [row["id"], tables.fmt_time(row["wall_ns"]), row["kind"], row["severity"], row["cpu"],
+            task, tables.hex_or_dash(row["pfn"]), row["location"], row["vm"],
+            row["incident_id"], row["decode_error"] and f"decode error: {row['decode_error']}"
+            or row["reason"]]
+
+
+INCIDENT_HEADERS = ("ID", "FIRST", "LAST", "SEVERITY", "KIND", "EVENTS", "STATE", "VM",
+                    "SUMMARY")
+
+
+def _incident_state(row: Any) -> str:
+    if row["merged_into"] is not None:
+        return f"merged:{row['merged_into']}"
+    return "closed" if row["closed"] else "open"
+
+
+def _incident_cells(row: Any) -> list:
+    return [row["id"], tables.fmt_time(row["first_wall_ns"]), tables.fmt_time(row["last_wall_ns"]),
+            row["severity"], row["kind"], row["event_count"], _incident_state(row),
+            row["vm_name"], row["summary"]]
+
+
+@_store_command
+def cmd_events(args: argparse.Namespace, reader: Any) -> int:
+    from ..sinks.store import EventQuery
+    rows = reader.events(EventQuery(args.since, args.until, args.kinds or (), args.severity,
+                                    args.vm, args.limit, newest_first=args.limit is not None))
+    if args.json:
+        sys.stdout.writelines(_dumps(event_json(r)) + "\n" for r in rows)
+    else:  # column widths need every row: a table is built whole
+        sys.stdout.write(tables.format_table(EVENT_HEADERS, [_event_cells(r) for r in rows]))
+    return EXIT_OK
+
+
+@_store_command
+def cmd_incidents(args: argparse.Namespace, reader: Any) -> int:
+    rows = reader.incidents(args.since, args.until, args.severity, args.vm, args.open)
+    if args.json:
+        sys.stdout.writelines(_dumps(incident_json(r)) + "\n" for r in rows)
+    else:
+        sys.stdout.write(tables.format_table(INCIDENT_HEADERS, map(_incident_cells, rows)))
+    return EXIT_OK
+
+
+def _parse_show_id(text: str) -> tuple[str, int] | None:
+    kind, _, number = text.rpartition(":")
+    if kind not in ("", "event", "incident") or not number.isdigit():
+        return None
+    return (kind or "incident"), int(number)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    target = _parse_show_id(args.id)
+    if target is None:
+        print(f"rasdctl show: {args.id!r}: give an incident id (42) or event:ID", file=sys.stderr)
+        return EXIT_USAGE
+    args.target = target
+    return _show(args)
+
+
+@_store_command
+def _show(args: argparse.Namespace, reader: Any) -> int:
+    kind, number = args.target
+    if kind == "event":
+        return _show_event(args, reader, number)
+    row = reader.incident(number)
+    if row is None:
+        print(f"rasdctl: no incident {number} in {reader.path}", file=sys.stderr)
+        return EXIT_DECODE_ERROR
+    members = reader.incident_events(number)
+    if args.json:
+        print(json.dumps({"incident": incident_json(row),
+                          "events": [event_json(r) for r in members]}, indent=2))
+        return EXIT_OK
+    d = incident_json(row)
+    print(f"incident {d['id']}: {d['kind']}, severity {d['severity']}, containment "
+          f"{d['containment']}, {_incident_state(row)}")
+    for label, value in (("summary", d["summary"]), ("first", d["first"]), ("last", d["last"]),
+                         ("key", d["key"]), ("page", tables.hex_or_dash(d["pfn"])),
+                         ("physical address", d["phys_addr"]), ("location", d["location"]),
+                         ("cpu", d["cpu"]), ("mpidr", d["mpidr"]), ("vm", d["vm"]),
+                         ("blast radius", d["blast_radius"]),
+                         ("disagreements", "; ".join(d["disagreements"] or []))):
+        print(f"  {label + ':':18}{tables.cell(value)}")
+    print(f"\n{len(members)} event(s):")
+    sys.stdout.write(tables.format_table(EVENT_HEADERS, map(_event_cells, members)))
+    return EXIT_OK
+
+
+def redecode(raw: bytes | None) -> tuple[Any, dict | None]:
+    """The stored bytes through the decoder again: (record, its to_dict) or (None, None)."""
+    if not raw:
+        return None, None
+    rec = cper.try_decode(bytes(raw))
+    return rec, json.loads(_dumps(rec.to_dict()))
+
+
+def _show_event(args: argparse.Namespace, reader: Any, eid: int) -> int:
+    row = reader.event(eid)
+    if row is None:
+        print(f"rasdctl: no event {eid} in {reader.path}", file=sys.stderr)
+        return EXIT_DECODE_ERROR
+    d = event_json(row)
+    rec, again = redecode(row["raw"]) if "cper" in d else (None, None)
+    same = None if again is None else again == d["cper"]
+    if args.json:
+        doc = {"event": d, "raw": base64.b64encode(row["raw"]).decode() if row["raw"] else None,
+               "redecoded": again, "roundtrip": same}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"event {d['id']}: {d['kind']} from {d['source']} at {d['time']}")
+    for cells in zip(EVENT_HEADERS[3:], _event_cells(row)[3:]):
+        print(f"  {cells[0].lower() + ':':18}{tables.cell(cells[1])}")
+    for name, value in sorted(d.get("fields", {}).items()):
+        print(f"  field {name}: {value}")
+    if d.get("esr"):
+        print(f"  esr: {d['esr']}")
+    raw = row["raw"] or b""
+    print(f"  raw: {len(raw)} bytes")
+    if rec is not None:
+        print(format_record(rec, f"event {eid} raw bytes decoded again"))
+        print("round trip: " + ("the stored bytes decode to the stored decoding" if same else
+                                "the stored bytes decode DIFFERENTLY from the stored decoding "
+                                "(the decoder changed since it was stored)"))
+    return EXIT_OK
+
+
+@_store_command
+def cmd_summary(args: argparse.Namespace, reader: Any) -> int:
+    s = reader.summary(args.since, args.until)
+    s["since"] = tables.fmt_time(args.since) if args.since is not None else None
+    s["until"] = tables.fmt_time(args.until) if args.until is not None else None
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return EXIT_OK
+    print(f"{s['total']} event(s) from {s['since'] or 'the first'} until {s['until'] or 'now'}")
+    pages = [[tables.hex_or_dash(pfn), n] for pfn, n in s["top_pages"]]
+    for title, rows in (("TYPE", s["by_type"]), ("SEVERITY", s["by_severity"]),
+                        ("CPU", s["by_cpu"]), ("VM", s["by_vm"]),
+                        ("MEMORY LOCATION", s["by_location"]), ("PAGE (top 20)", pages)):
+        print()
+        sys.stdout.write(_count_table(title, rows))
+    return EXIT_OK
+
+
+def _count_table(title: str, rows: list) -> str:
+    """EVENTS first so the free-text key (a location) can be the unpadded last column."""
+    return tables.format_table(("EVENTS", title), [(n, key) for key, n in rows])
 
 
 if __name__ == "__main__":

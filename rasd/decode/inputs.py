@@ -10,6 +10,8 @@ _HEX_NOISE = re.compile(rb"0[xX]|[\s,:;]")
 _HEX = re.compile(rb"[0-9a-fA-F]*")
 _B64 = re.compile(rb"[A-Za-z0-9+/=_-]*")
 _WS = re.compile(rb"\s")
+# a 0x-prefixed value with an odd number of digits ("0x1, 0x2"): not bytes, do not merge
+_ODD_PREFIXED = re.compile(rb"0[xX](?:[0-9a-fA-F]{2})*[0-9a-fA-F](?![0-9a-fA-F])")
 
 
 def _is_text(data: bytes) -> bool:
@@ -30,6 +32,9 @@ def to_bytes(data: bytes) -> tuple[bytes, str]:
     if digits and _HEX.fullmatch(digits):
         if len(digits) % 2:
             raise ValueError("hex input has an odd number of digits")
+        odd = _ODD_PREFIXED.search(data)
+        if odd:
+            raise ValueError(f"hex value {odd.group().decode()!r} has an odd number of digits")
         return binascii.unhexlify(digits), "hex"
     compact = _WS.sub(b"", data)
     if compact and _B64.fullmatch(compact):

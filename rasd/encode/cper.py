@@ -153,9 +153,11 @@ def encode_status_block(sections: list[Section], severity: int | None = None, *,
                 | min(len(sections), 0x3FF) << 4
         raw_off = _block.HEADER.size + len(entries) if raw_data else 0
         header = StatusBlockHeader(block_status, raw_off, len(raw_data), len(entries), sev)
+    # raw data sits at raw_data_offset, which may leave a gap after the entries
+    gap = header.raw_data_offset - _block.HEADER.size - len(entries) if raw_data else 0
     return _block.HEADER.pack(header.block_status, header.raw_data_offset,
                               header.raw_data_length, header.data_length,
-                              header.error_severity) + entries + raw_data
+                              header.error_severity) + entries + bytes(max(gap, 0)) + raw_data
 
 
 def encode_cper_record(sections: list[Section], severity: int | None = None, *,

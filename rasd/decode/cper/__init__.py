@@ -36,7 +36,7 @@ def decode_all(data: bytes) -> list[Record]:
     pos = 0
     while len(data) - pos >= 20:
         rec = try_decode(data, pos)
-        if rec.empty and not rec.sections and not rec.raw_data:
+        if rec.empty and not rec.sections and not rec.raw_data and rec.error is None:
             break  # zero padding after the last block (GHES buffers, BERT regions)
         records.append(rec)
         if not rec.complete:

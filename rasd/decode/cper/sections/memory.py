@@ -190,7 +190,14 @@ def decode_memory(buf: bytes, off: int, end: int) -> MemorySection:
         return err
     if size >= MEM1_LEGACY_SIZE:
         padded = bytes(buf[off:off + MEM1_LEGACY_SIZE]) + bytes(MEM1.size - MEM1_LEGACY_SIZE)
-        return MemorySection("mem1_legacy", *MEM1.unpack(padded))
+        err = MemorySection("mem1_legacy", *MEM1.unpack(padded))
+        err.extra = bytes(buf[off + MEM1_LEGACY_SIZE:end])
+        if err.validation_bits & ~(MEM1_VALID["rank"] - 1):
+            # cper_print_mem: "valid bits set for fields beyond structure"; the fields
+            # those bits vouch for (rank, handles, extended) are not in these 73 bytes
+            raise DecodeError(f"73-byte memory error section has validation bits "
+                              f"{err.validation_bits:#x} for fields beyond its end", off, err)
+        return err
     raise DecodeError(f"memory error section needs {MEM1_LEGACY_SIZE} bytes, has {size}", off)
 
 
@@ -207,7 +214,7 @@ def encode_memory(err: MemorySection) -> bytes:
         return MEM2.pack(*(getattr(err, f) for f in MEM2_FIELDS)) + err.extra
     data = MEM1.pack(*(getattr(err, f) for f in MEM1_FIELDS))
     if err.variant == "mem1_legacy":
-        return data[:MEM1_LEGACY_SIZE]
+        return data[:MEM1_LEGACY_SIZE] + err.extra
     return data + err.extra
 
 

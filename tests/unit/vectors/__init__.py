@@ -1,0 +1,1 @@
+"""Hand-built CPER test vectors (see handbuilt.py)."""
