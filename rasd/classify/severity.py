@@ -209,6 +209,58 @@ def _aer(event: Event) -> Verdict:
     return severity, containment, f"PCIe AER {severity} at {event.fields.get('dev_name', '?')}"
 
 
+# --- SIGBUS: the end of a memory-error chain ------------------------------------------
+
+def _sigbus(event: Event) -> Verdict:
+    f = event.fields
+    who = f"{f.get('target_comm', '?')}[{f.get('target_tid', '?')}]"
+    code = f.get("code_name", "unknown")
+    late = "" if f.get("result_name") == "delivered" else f" (signal {f.get('result_name')})"
+    if not f.get("mceerr"):
+        return "info", "none_needed", f"SIGBUS {code} to {who}: not a memory error{late}"
+    what = "touched a poisoned page" if code == "BUS_MCEERR_AR" else \
+        "maps a poisoned page (early kill)"
+    if f.get("result_name") == "ignored":
+        # only the unforced send_sig_mceerr() can be ignored (AO, KVM's hwpoison
+        # signal); memory_failure has already unmapped the page from the task
+        return "recoverable", "page_isolated", f"SIGBUS {code} to {who} ({what}) ignored: " \
+            "the task runs on without the page"
+    if f.get("target_vcpu") is not None:
+        # QEMU catches it and, with RAS enabled, injects an SEA into the guest:
+        # the guest sees the error; the host process lives on
+        return "uncorrected", "vm_contained", f"SIGBUS {code} to vCPU thread {who} " \
+            f"({what}): the VMM forwards the error into the guest{late}"
+    return "uncorrected", "process_killed", f"SIGBUS {code} to {who} ({what}): the task " \
+        f"dies unless it handles SIGBUS{late}"
+
+
+# --- /dev/kmsg (lockdown=confidentiality) ----------------------------------------------
+
+KMSG_SEVERITY = {"corrected": ("corrected", "corrected"), "recoverable": ("recoverable", "pending"),
+                 "fatal": ("fatal", "host_panic"), "info": ("info", "none_needed")}
+
+
+def _kmsg(event: Event) -> Verdict:
+    f = event.fields
+    kind = f.get("kmsg_kind")
+    if kind == "hw_error":
+        severity, containment = KMSG_SEVERITY.get(f.get("severity"), ("uncorrected", "unknown"))
+        for sec in f.get("sections", ()):
+            if "memory" in str(sec.get("section_type", "")) and \
+                    sec.get("physical_address") is None and severity in ("recoverable", "fatal"):
+                return "critical", "not_containable", UNLOCATABLE + " (from the kernel log)"
+        return severity, containment, f"kernel log: {severity} hardware error " \
+                                      f"(GHES {f.get('source_id')})"
+    if kind == "memory_failure":
+        severity, containment = MF_RESULT.get(f.get("result"), ("uncorrected", "unknown"))
+        return severity, containment, f"kernel log: {f.get('page_type')}: {f.get('result')}"
+    if kind in ("sigbus", "ghes_sigbus"):
+        return "uncorrected", "process_killed", f"kernel log: SIGBUS to {f.get('comm')}"
+    if kind == "serror":
+        return "fatal", "host_panic", "kernel log: SError Interrupt (arm64_serror_panic)"
+    return "info", "none_needed", f"kernel log: {kind}"
+
+
 def _info(reason: str) -> Callable[[Event], Verdict]:
     return lambda event: ("info", "none_needed", reason)
 
@@ -230,6 +282,8 @@ HANDLERS: dict[str, Callable[[Event], Verdict]] = {
     ev.NON_STANDARD: _ghes_scale,
     ev.MC_EVENT: _mc_event,
     ev.AER: _aer,
+    ev.KMSG: _kmsg,
+    ev.SIGBUS: _sigbus,
     ev.GHES_READ: _info("GHES source read"),
     ev.GHES_IRQ_WORK: _info("GHES irq_work batch"),
     ev.SEA_NOTIFY: _info("SEA-notified GHES sources checked"),

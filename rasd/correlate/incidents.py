@@ -47,7 +47,7 @@ CONTAINMENT_ORDER = ("unknown", "none_needed", "pending", "corrected", "deferred
                      "vm_contained", "process_killed", "not_contained", "host_oops",
                      "not_containable", "host_panic")
 CONTAINMENT_RANK = {name: i for i, name in enumerate(CONTAINMENT_ORDER)}
-CPER_KINDS = {ev.GHES, ev.BERT}
+CPER_KINDS = {ev.GHES, ev.BERT, ev.KMSG}  # KMSG: the kernel's print of the same CPER
 ESR_KINDS = {ev.GUEST_SEA, ev.GUEST_SERROR, ev.HOST_SERROR, ev.SERROR_CHECK, ev.HOST_SEA}
 
 
@@ -239,6 +239,9 @@ class _Evidence:
         if event.cper is not None and any(isinstance(s.body, MemorySection)
                                           for s in event.cper.sections):
             self.memory = True
+        if event.kind == ev.KMSG and any("memory" in str(s.get("section_type", ""))
+                                         for s in event.fields.get("sections", ())):
+            self.memory = True
         if event.kind in CPER_KINDS:
             self.cper = worse(self.cper, event.severity)
         elif event.kind in ESR_KINDS:
@@ -396,6 +399,11 @@ def _where(event: Event) -> tuple[int | None, dict | None, int | None]:
                         pa = info.physical_fault_addr
             elif isinstance(body, PcieSection) and body.validation_bits & 0x8:
                 location = location or {"pcie": body.device_id()["bdf"]}
+    if event.kind == ev.KMSG:
+        for sec in event.fields.get("sections", ()):
+            if pa is None and sec.get("physical_address") is not None:
+                pa = sec["physical_address"]
+            location = location or sec.get("location") or None
     if mpidr is None and event.kind == ev.ARM_EVENT and event.fields.get("mpidr"):
         mpidr = event.fields["mpidr"]
     return pa, location, mpidr

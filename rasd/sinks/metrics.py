@@ -167,14 +167,23 @@ def _source(event: Event) -> str:
     return event.source.split(":", 1)[0] if event.source.startswith("replay") else event.source
 
 
+# The location label stops at the DIMM (and rank): bank/row/column/bit would spread
+# one failing DIMM over many series and exhaust the label cap.
+LABEL_LOCATION_FIELDS = ("node", "card", "module", "rank")
+
+
+def memory_location_label(body: MemorySection) -> str:
+    loc = body.location()
+    text = " ".join(f"{k} {loc[k]}" for k in LABEL_LOCATION_FIELDS if k in loc)
+    return text or ("unlocatable" if not body.physical_addr_valid else "unknown")
+
+
 def _memory(m: Metrics, event: Event, severity: str) -> None:
     if event.cper is None:
         return
     for sec in event.cper.sections:
         if isinstance(sec.body, MemorySection):
-            loc = sec.body.location_text() or ("unlocatable" if not sec.body.physical_addr_valid
-                                               else "unknown")
-            m.memory.labels(m.location_label(loc), severity).inc()
+            m.memory.labels(m.location_label(memory_location_label(sec.body)), severity).inc()
 
 
 def _bert(m: Metrics, event: Event, severity: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import events as ev
+from ..decode.esr import decode_esr
 from ..events import Event
 from .records import Record
 
@@ -135,9 +136,12 @@ class KmsgSource:
     @staticmethod
     def _event(item: Any) -> Event:
         fields = {"kmsg_kind": item.kind, "seq": item.seq, **item.fields}
-        return Event(kind=ev.KMSG, source="kmsg", wall_ns=time.time_ns(),
-                     mono_ns=item.ts_us * 1000, fields=fields,
-                     raw="\n".join(item.lines).encode())
+        event = Event(kind=ev.KMSG, source="kmsg", wall_ns=time.time_ns(),
+                      mono_ns=item.ts_us * 1000, fields=fields,
+                      raw="\n".join(item.lines).encode())
+        if item.kind == "serror" and isinstance(item.fields.get("esr"), int):
+            event.esr = decode_esr(item.fields["esr"] & (1 << 64) - 1)
+        return event
 
     def lost(self) -> int:
         return int(self.reader.counters.lost)

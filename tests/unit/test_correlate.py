@@ -258,3 +258,41 @@ def test_pcie_incident_names_the_nic():
     assert asked == ["0000:03:00.1"]
     assert inc.location == {"pcie": "0000:03:00.1", "netdev": "enp3s0f1(UP)"}
     assert "netdev enp3s0f1(UP)" in inc.summary
+
+
+def test_kmsg_lines_become_one_incident_under_lockdown():
+    """lockdown=confidentiality: only the kernel's printk lines are left. The GHES
+    block print and the Memory failure line of the same page are one incident."""
+    from rasd.sources.fallbacks import KmsgSource
+    from rasd.sources.kmsg import KmsgRecord, RasLineParser
+    text = """{1}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 0
+{1}[Hardware Error]: event severity: recoverable
+{1}[Hardware Error]:  Error 0, type: recoverable
+{1}[Hardware Error]:   section_type: memory error
+{1}[Hardware Error]:   physical_address: 0x0000000812345000
+{1}[Hardware Error]:   node:0 module:3
+Memory failure: 0x812345: recovery action for dirty LRU page: Recovered""".splitlines()
+    parser = RasLineParser()
+    found = []
+    for i, line in enumerate(text):
+        found += parser.feed(KmsgRecord(i, 3, 0, 1000 + i, "-", line))
+    found += parser.flush()
+    seen = []
+    corr = Correlator(on_change=seen.append)
+    p = Pipeline(EventDecoder({}), stages=[classify, corr])
+    events = [p.feed_event(KmsgSource._event(item)) for item in found]
+    assert len({e.incident_id for e in events}) == 1
+    inc = seen[-1]
+    assert inc.kind == "uncorrected_memory" and inc.phys_addr == 0x812345000
+    assert inc.severity == "recoverable" and inc.containment == "page_isolated"
+
+
+def test_kmsg_hardware_error_without_address_is_unlocatable():
+    from rasd.sources.fallbacks import KmsgSource
+    from rasd.sources.kmsg import KmsgEvent
+    item = KmsgEvent("hw_error", 1, 1000, 3, {"severity": "recoverable", "source_id": 0,
+                                              "sections": [{"section_type": "memory error"}]})
+    seen = []
+    p = Pipeline(EventDecoder({}), stages=[classify, Correlator(on_change=seen.append)])
+    p.feed_event(KmsgSource._event(item))
+    assert seen[-1].kind == "unlocatable_memory_corruption" and seen[-1].severity == "critical"
