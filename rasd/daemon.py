@@ -30,6 +30,7 @@ from .notify import Notifier
 from .assembly import build, host_lookups
 from .pipeline import LogSink
 from .sinks.journal import JournalAlerts
+from .sources.lockdown import summary as lockdown_summary
 from .sinks.metrics import Metrics
 from .status import StatusServer
 
@@ -50,9 +51,8 @@ def wall_offset_ns() -> int:
 
 
 class Daemon:
-    def __init__(self, cfg: config_mod.Config, dry_run: bool = False) -> None:
+    def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
-        self.dry_run = dry_run
         self.notifier = Notifier()
         self.started_wall = time.time()
         self.view: Any = None
@@ -89,9 +89,8 @@ class Daemon:
         self.view = KernelView.from_host()
         self.lockdown = self.view.lockdown
         self.notes.extend(self.view.notes)
-        if self.lockdown == "confidentiality":
-            self.notes.append("kernel lockdown=confidentiality: kprobes, BPF kernel reads and "
-                              "tracefs are refused; only BERT and kernel log lines are available")
+        if self.lockdown in ("integrity", "confidentiality"):
+            self.notes.append(lockdown_summary(self.lockdown))
             log.warning(self.notes[-1])
         self.pipeline.decoder.formats = dict(self.view.events)
         self._set_up_recorder()
@@ -102,8 +101,7 @@ class Daemon:
         self._start_instance()
         if self.lockdown == "confidentiality":
             self._start_kmsg()
-        if self.loaded is None and self.instance is None and self.kmsg is None \
-                and not self.dry_run:
+        if self.loaded is None and self.instance is None and self.kmsg is None:
             raise StartupError("no event source: no probe attached, no tracefs instance, "
                                "no kmsg (see above)")
         self.status_server = StatusServer(self.cfg["daemon"]["runtime_dir"], self.snapshot)
@@ -193,7 +191,7 @@ class Daemon:
                 kind=ev.BERT, source="bert", wall_ns=time.time_ns(), raw=rec.raw, cper=rec,
                 decode_error=str(rec.error) if rec.error else None,
                 fields={"digest": digest, "consumed_by_kernel": rec.empty}))
-        if fresh and not self.dry_run:
+        if fresh:
             _save_seen(seen_path, seen[-BERT_SEEN_MAX:])
         log.info("BERT: %d record(s), %d new", len(report.records), fresh)
 
