@@ -13,6 +13,9 @@ driven from places that fire here, through the same loader and ring buffer:
   rasd_memory_failure_return   uprobe/uretprobe on libc getpgid()
   rasd_handle_exit_early     the hot-path filter rejecting a non-SError exit
                                (uprobe on libc setpgid(x, 2)): the per-VM-exit cost
+  rasd_tp_sigbus             the production sigbus probe (signal:signal_generate):
+                               SIGUSR1 to self, rejected by the in-BPF filter, and
+                               SIGBUS to self, copied out (the two costs differ)
   ras:* programs             attached; they fire only on hardware errors
 
 ns/hit = run_time_ns / run_cnt from BPF_OBJ_GET_INFO_BY_FD; the trap cost of
@@ -21,6 +24,7 @@ uprobes/kprobes themselves is not included. Run as root.
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -36,6 +40,7 @@ STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 HITS = 200_000
 UPROBE_HITS = 50_000
 EXECS = 1_000
+SIGNALS = 20_000
 
 
 def main() -> int:
@@ -106,8 +111,33 @@ def run() -> int:
         drain()
     drain()
     report(lp)
+    signal_costs(lp, drain)
     lp.close()
     return 0
+
+
+def _sigbus_run(lp, sig: int, n: int, drain) -> tuple[int, float]:
+    """(hits, ns/hit) of the sigbus program while sending `sig` to ourselves n times."""
+    before = prog_info(lp.prog_fds["rasd_tp_sigbus"])
+    for i in range(n):
+        os.kill(os.getpid(), sig)
+        if i % 500 == 0:
+            drain()
+    drain()
+    after = prog_info(lp.prog_fds["rasd_tp_sigbus"])
+    hits = after.run_cnt - before.run_cnt
+    return hits, (after.run_time_ns - before.run_time_ns) / max(hits, 1)
+
+
+def signal_costs(lp, drain) -> None:
+    if "rasd_tp_sigbus" not in lp.prog_fds:
+        print("rasd_tp_sigbus not attached (no signal:signal_generate)")
+        return
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # signal_generate fires all the same
+    signal.signal(signal.SIGBUS, lambda *a: None)
+    for name, sig in (("filtered (SIGUSR1)", signal.SIGUSR1), ("emitted (SIGBUS)", signal.SIGBUS)):
+        hits, ns = _sigbus_run(lp, sig, SIGNALS, drain)
+        print(f"rasd_tp_sigbus {name:19} {hits:8d} {ns:8.1f} ns/hit")
 
 
 def report(lp) -> None:

@@ -73,6 +73,7 @@
 #define RASD_P_TP_NON_STANDARD_EVENT  19
 #define RASD_P_TP_AER_EVENT           20
 #define RASD_P_TP_MEMORY_FAILURE_EVENT 21
+#define RASD_P_TP_SIGBUS             22  /* signal:signal_generate, sig == SIGBUS only */
 #define RASD_P_TEST                   63  /* test/bench-only programs */
 
 struct rasd_hdr {            /* 48 bytes */

@@ -8,7 +8,14 @@
  *   RASD_TP_PROGRAM(fn, probe_id, fixed_size, dl0, dl1, dl2, dl3)
  * fixed_size = end of the last fixed field; dlN = offset of a __data_loc
  * field or -1. The dynamic data lives after the fixed part, so the entry
- * ends at max(fixed_size, max(dl offset + dl length)). */
+ * ends at max(fixed_size, max(dl offset + dl length)).
+ *
+ * Events that fire for far more than RAS (signal:signal_generate: every
+ * signal on the machine) take a filter, also generated from the format:
+ *   RASD_TP_PROGRAM_IF(fn, probe_id, fixed_size, dl0..dl3, f_off, f_size, f_val)
+ * The entry is dropped unless the integer field at f_off (f_size bytes) equals
+ * f_val, tested before anything else: a rejected hit costs one load and a
+ * compare, no map lookup, no copy, no ring-buffer traffic. */
 #include "common.h"
 
 /* End of one __data_loc payload: the u32 is (length << 16) | offset. */
@@ -45,6 +52,9 @@ static __always_inline int rasd_tp_copy(void *ctx, u16 probe, u32 fixed,
         cap = 0;
         flags |= RASD_F_READ_FAULT;
     }
+    /* perf hands BPF the entry with its first 8 bytes (common_type..common_pid)
+     * overwritten by a struct pt_regs pointer: never ship a kernel address */
+    *(u64 *)e->data = 0;
     e->tp.entry_len = len;
     e->tp.captured_len = cap;
     rasd_fill_hdr(&e->h, RASD_KIND_TP, probe, flags, sizeof(e->tp) + cap);
@@ -54,3 +64,22 @@ static __always_inline int rasd_tp_copy(void *ctx, u16 probe, u32 fixed,
 
 #define RASD_TP_PROGRAM(fn, probe, fixed, dl0, dl1, dl2, dl3) \
     int fn(void *ctx) { return rasd_tp_copy(ctx, probe, fixed, dl0, dl1, dl2, dl3); }
+
+/* The field read straight from the context: tracepoint programs may load any
+ * aligned offset >= 8 of the entry (the loader checks alignment and range), so
+ * no helper call is needed. Compared at the field's own width, so a signed
+ * field matches its value's two's complement. f_size is a constant: the
+ * conditional folds to one load at compile time. */
+#define RASD_TP_FIELD_EQ(ctx, f_off, f_size, f_val)                              \
+    ((f_size) == 1 ? *(u8 *)((char *)(ctx) + (f_off)) == (u8)(f_val) :          \
+     (f_size) == 2 ? *(u16 *)((char *)(ctx) + (f_off)) == (u16)(f_val) :        \
+     (f_size) == 4 ? *(u32 *)((char *)(ctx) + (f_off)) == (u32)(f_val) :        \
+                     *(u64 *)((char *)(ctx) + (f_off)) == (u64)(f_val))
+
+#define RASD_TP_PROGRAM_IF(fn, probe, fixed, dl0, dl1, dl2, dl3, f_off, f_size, f_val) \
+    int fn(void *ctx)                                                             \
+    {                                                                             \
+        if (!RASD_TP_FIELD_EQ(ctx, f_off, f_size, f_val))                         \
+            return 0;                                                             \
+        return rasd_tp_copy(ctx, probe, fixed, dl0, dl1, dl2, dl3);               \
+    }

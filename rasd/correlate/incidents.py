@@ -374,7 +374,11 @@ def _in_faulting_task(event: Event) -> bool:
     if event.kind == ev.GHES:
         return event.fields.get("notify") == "sea"  # processed inside apei_claim_sea
     if event.kind == ev.MEMORY_FAILURE:
-        return bool(event.fields.get("action_required"))  # task_work on the faulting task
+        # task_work on the faulting task; or MADV_HWPOISON, which poisons the caller's
+        # own page in the caller's context: its re-touch then takes SIGBUS BUS_MCEERR_AR
+        # from the fault path, which carries no page (seen in the arm64 lab)
+        return bool(event.fields.get("action_required")) or \
+            "MF_SW_SIMULATED" in event.fields.get("flag_names", ())
     return False
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .. import events as ev
 from ..events import Event, Task
+from ..sources.probes import BY_NAME
 from . import cper, esr
 from .common import guid_str
 from .cper.model import GHES_SEVERITIES
@@ -35,6 +36,19 @@ NOTIFY_TYPES = {0: "polled", 1: "external", 2: "local", 3: "sci", 4: "nmi", 5: "
                 6: "mce", 7: "gpio", 8: "sea", 9: "sei", 10: "gsiv", 11: "sdei"}
 ARM_EXIT_SERROR_BIT = 1 << 31  # ARM_EXIT_WITH_SERROR_BIT in kvm_asm.h
 ARM_EXCEPTION_EL1_SERROR = 1
+# si_code of SIGBUS (include/uapi/asm-generic/siginfo.h), then the sender-kind codes a
+# SIGBUS from kill()/tgkill()/sigqueue() carries (never a hardware error)
+BUS_CODES = {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR", 4: "BUS_MCEERR_AR",
+             5: "BUS_MCEERR_AO"}
+SI_CODES = {0: "SI_USER", 0x80: "SI_KERNEL", -1: "SI_QUEUE", -2: "SI_TIMER", -3: "SI_MESGQ",
+            -4: "SI_ASYNCIO", -6: "SI_TKILL"}
+BUS_MCEERR = (4, 5)
+# enum trace_signal_result (include/trace/events/signal.h)
+SIGNAL_RESULTS = {0: "delivered", 1: "ignored", 2: "already_pending", 3: "overflow_fail",
+                  4: "lose_info"}
+# QEMU names its vCPU threads "CPU <n>/KVM" (debug-threads=on, which libvirt sets); it is
+# the VMM known to catch SIGBUS BUS_MCEERR_* and forward the error into the guest
+QEMU_VCPU_COMM = re.compile(r"CPU (\d+)/KVM\Z")
 
 
 def flag_list(value: int, names: dict[int, str]) -> list[str]:
@@ -83,6 +97,11 @@ class EventDecoder:
         event.fields["_symbols"] = self._symbol_tables(fmt)
 
     def _format_for(self, probe: str) -> Any:
+        # the probe table says which event a probe reads (sigbus <- signal:signal_generate)
+        spec = BY_NAME.get(probe)
+        for key in spec.events if spec else ():
+            if key in self.formats:
+                return self.formats[key]
         for key, fmt in self.formats.items():
             if key.split(":")[-1] == probe:
                 return fmt
@@ -265,6 +284,28 @@ def _tp_memory_failure_event(event: Event, flags: frozenset) -> None:
                                                                 MF_RESULTS.get(f["result"], "unknown"))
 
 
+def _sigbus(event: Event, flags: frozenset) -> None:
+    """signal_generate runs in the sender's context: event.task is the sender (the
+    victim itself for BUS_MCEERR_AR and KVM's hwpoison signal, memory_failure's
+    thread for BUS_MCEERR_AO); the fields name the target thread."""
+    event.kind = ev.SIGBUS
+    f = event.fields
+    f.pop("_symbols", None)  # signal_generate's print fmt has no tables
+    code = f.get("code")
+    comm = f.get("comm", b"")
+    if isinstance(comm, (bytes, bytearray)):  # char comm[16] decodes as raw bytes
+        comm = bytes(comm).split(b"\0", 1)[0].decode("utf-8", "replace")
+    f["comm"] = comm
+    f["target_tid"] = f.get("pid")  # task->pid: a thread id, not the process id
+    f["target_comm"] = comm
+    f["code_name"] = BUS_CODES.get(code) or SI_CODES.get(code, "unknown")
+    f["mceerr"] = code in BUS_MCEERR
+    f["result_name"] = SIGNAL_RESULTS.get(f.get("result"), "unknown")
+    m = QEMU_VCPU_COMM.match(f["target_comm"])
+    if m:
+        f["target_vcpu"] = int(m.group(1))
+
+
 def _tp_plain(kind: str) -> Callable[[Event, frozenset], None]:
     def handler(event: Event, flags: frozenset) -> None:
         event.kind = kind
@@ -301,4 +342,5 @@ HANDLERS: dict[str, Callable[[Event, frozenset], None]] = {
     "memory_failure_event": _tp_memory_failure_event,
     "mc_event": _tp_plain(ev.MC_EVENT),
     "aer_event": _tp_plain(ev.AER),
+    "sigbus": _sigbus,
 }

@@ -107,12 +107,32 @@ class LoadedProbes:
 # parent side
 
 
-def tp_instance(fn: str, probe_id: int, fmt: EventFormat) -> str:
-    """C line instantiating the generic tracepoint program for one event format."""
+def tp_instance(fn: str, probe_id: int, fmt: EventFormat,
+                tp_filter: tuple[str, int] | None = None) -> str:
+    """C line instantiating the generic tracepoint program for one event format;
+    with ``tp_filter`` (field, value) the program drops every other entry first."""
     dls = (fmt.data_loc_offsets + [-1, -1, -1, -1])[:4]
     if len(fmt.data_loc_offsets) > 4:
         raise ValueError(f"{fmt.key}: more than 4 __data_loc fields")
-    return f"RASD_TP_PROGRAM({fn}, {probe_id}, {fmt.fixed_size}, {', '.join(map(str, dls))})"
+    args = f"{fn}, {probe_id}, {fmt.fixed_size}, {', '.join(map(str, dls))}"
+    if tp_filter is None:
+        return f"RASD_TP_PROGRAM({args})"
+    off, size, value = tp_filter_args(fmt, *tp_filter)
+    return f"RASD_TP_PROGRAM_IF({args}, {off}, {size}, {value})"
+
+
+def tp_filter_args(fmt: EventFormat, name: str, value: int) -> tuple[int, int, int]:
+    """Offset, size and value for RASD_TP_FIELD_EQ: a plain integer field the
+    program can load straight from its context (the verifier allows aligned
+    reads at offset >= 8 only, i.e. past the common_* header)."""
+    f = fmt.field(name)
+    if f is None:
+        raise ValueError(f"{fmt.key}: no field {name!r} to filter on")
+    if f.is_data_loc or f.is_rel_loc or f.array_len is not None or f.size not in (1, 2, 4, 8):
+        raise ValueError(f"{fmt.key}: {f.decl} is not an integer field")
+    if f.offset < 8 or f.offset % f.size:
+        raise ValueError(f"{fmt.key}: {name} at offset {f.offset} cannot be read from ctx")
+    return f.offset, f.size, value
 
 
 def _probe_plan(p: Probe, r: Resolution, view: KernelView) -> dict[str, object]:
@@ -124,8 +144,24 @@ def _probe_plan(p: Probe, r: Resolution, view: KernelView) -> dict[str, object]:
                                "source": p.source, "hot": p.hot,
                                "esr_param": p.esr_param}
     if p.is_tracepoint:
-        plan["c"] = tp_instance(p.entry_fn or "", p.id, view.events[r.symbol or ""])
+        plan["c"] = tp_instance(p.entry_fn or "", p.id, view.events[r.symbol or ""],
+                                p.tp_filter)
     return plan
+
+
+def _probe_plans(probes: list[Probe], results: list[Resolution],
+                 view: KernelView) -> list[dict[str, object]]:
+    """Plans for the pending probes. A format the generic tracepoint program cannot
+    take (e.g. a filter field that changed type) fails that probe alone."""
+    plans = []
+    for p, r in zip(probes, results):
+        if r.status != PENDING:
+            continue
+        try:
+            plans.append(_probe_plan(p, r, view))
+        except ValueError as e:
+            r.status, r.reason = FAILED, str(e)
+    return plans
 
 
 def _test_plan(t: ExtraAttach) -> dict[str, object]:
@@ -158,7 +194,7 @@ def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
         view = view or KernelView.from_host()
         probes = list(probes)
         results = resolve(view, probes, hot_kprobes)
-        plans = [_probe_plan(p, r, view) for p, r in zip(probes, results) if r.status == PENDING]
+        plans = _probe_plans(probes, results, view)
         if not plans and require_any:
             require_some(results)  # nothing to load: say why, no compile
         plans += [_test_plan(t) for t in test_attach]
@@ -216,8 +252,16 @@ class _LoaderChild:
         if "error" in reply:
             for fd in fds:
                 os.close(fd)
-            raise LoaderError(reply["error"])
+            raise LoaderError(reply["error"] + _diagnostics(err))
         return reply, fds
+
+
+def _diagnostics(stderr: bytes) -> str:
+    """The child's clang/bcc complaints: bcc's exception says only "Failed to compile
+    BPF module", the reason (a missing kernel header, a C error) is on stderr."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines()
+             if "error" in ln or "Unable to find kernel headers" in ln]
+    return (": " + " | ".join(dict.fromkeys(lines[-4:])))[:600] if lines else ""
 
 
 def _assemble(results: list[Resolution], reply: dict, fds: list[int],

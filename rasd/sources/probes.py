@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 ARM64 = ("arm64",)
 ANY = ("any",)
+SIGBUS = 7  # same number on arm64 and x86_64 (asm-generic / x86 signal.h)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Probe:
     needs_vcpu_esr: bool = False  # useless without BTF offset of vcpu->arch.fault.esr_el2
     call_fields: tuple[str, ...] = ()  # names for arg0..3, ret, x0..3 of CALL records
     esr_param: int | None = None  # 0-based index of an `esr` parameter (u32 on old kernels)
+    # tracepoints that fire for far more than RAS: (integer field, value) the BPF
+    # program's first instructions require, offset/size taken from the tracefs format
+    tp_filter: tuple[str, int] | None = None
     yields: str = ""
 
     @property
@@ -135,12 +139,23 @@ PROBES: tuple[Probe, ...] = (
     Probe("memory_failure_event", 21, "tracepoint", "tracepoints.c",
           events=("ras:memory_failure_event", "memory_failure:memory_failure_event"),
           entry_fn="rasd_tp_memory_failure_event", yields="hwpoison page type and result"),
+    # --- the end of a memory-error chain (any arch) ---------------------------
+    # signal_generate fires for every signal on the machine, in the sender's
+    # context; its fields name the target (pid = target thread id). Only SIGBUS
+    # leaves the kernel: BUS_MCEERR_AR/AO from memory_failure / KVM, BUS_OBJERR
+    # from an unclaimed SEA.
+    Probe("sigbus", 22, "tracepoint", "tracepoints.c", events=("signal:signal_generate",),
+          entry_fn="rasd_tp_sigbus", tp_filter=("sig", SIGBUS),
+          yields="SIGBUS sent: target thread and comm, si_code, delivery result"),
 )
 
 # Test/bench-only program id (RASD_P_TEST); never in PROBES.
 TEST_PROBE_ID = 63
 
 BY_NAME: dict[str, Probe] = {p.name: p for p in PROBES}
+# tracefs event systems the probes use: the resolver reads only these formats
+TRACE_SYSTEMS: tuple[str, ...] = tuple(sorted({key.split(":", 1)[0] for p in PROBES
+                                               for key in p.events}))
 BY_ID: dict[int, Probe] = {p.id: p for p in PROBES}
 BPF_SOURCES: tuple[str, ...] = ("ghes.c", "memory_failure.c", "kvm_arm.c", "serror.c",
                                 "tracepoints.c")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .probes import PROBES, Probe
+from .probes import PROBES, TRACE_SYSTEMS, Probe
 from .tracefs import EventFormat, find_tracefs, parse_format
 
 PENDING, ATTACHED, MISSING, BLACKLISTED, WRONG_ARCH, FAILED, LOCKDOWN = (
@@ -156,9 +156,10 @@ def _read_kallsyms(path: Path, flt: re.Pattern[str]) -> dict[str, str]:
 
 
 def _read_events(events_dir: Path) -> dict[str, EventFormat]:
-    """Formats of the systems rasd uses (ras, memory_failure); others are not read."""
+    """Formats of the systems the probe table uses (ras, memory_failure, signal);
+    others are not read."""
     out: dict[str, EventFormat] = {}
-    for system in ("ras", "memory_failure"):
+    for system in TRACE_SYSTEMS:
         sysdir = events_dir / system
         if not sysdir.is_dir():
             continue
