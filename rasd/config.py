@@ -121,6 +121,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "0: no limit", _not_negative),
         "retention_interval_s": Key((int, float), 600, "how often retention runs",
                                     _positive),
+        "integrity_check": Key(str, "always", "PRAGMA integrity_check at open: always, or "
+                               "after_crash (only when the last writer left its WAL behind; "
+                               "the check reads the whole file)",
+                               _one_of("always", "after_crash")),
     },
     "record": {
         "path": Key(str, "", "append every source record here as JSON lines (replayable with "

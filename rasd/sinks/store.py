@@ -1,0 +1,1061 @@
+"""The event store: embedded SQLite, one writer (the daemon), any number of readers.
+
+Design, and why:
+
+- **Batched commits.** ``handle()`` only turns the event into a row and appends it
+  to an in-memory batch; the batch is committed when it holds ``batch_events`` rows,
+  when it is ``batch_ms`` old (checked on every ``handle()`` and by ``poll()``, which a
+  background thread calls when ``background=True``), and on ``flush()``/``close()``.
+  One transaction per batch is what lets a storm go at tens of thousands of events/s.
+- **WAL, synchronous=NORMAL.** A committed batch survives ``kill -9`` of the daemon
+  (the WAL is written before COMMIT returns); only a power loss can take the last
+  commits. Readers (``rasdctl``) open ``mode=ro`` and never block the writer.
+- **Ids known at handle() time.** Event and incident ids come from in-memory counters
+  initialised from MAX(id)+1 at open (``next_event_id``/``next_incident_id``), so the
+  pipeline and the correlator can refer to an event before it is written.
+- **Summary in O(groups), not O(events).** Every commit also adds the batch's counts
+  to ``event_counts`` (per minute × kind × severity × CPU × memory location × page),
+  in the same transaction, so ``rasdctl summary`` reads a few thousand rows instead of
+  scanning a million; retention subtracts what it deletes.
+- **Failures are counted, never raised.** A full disk (SQLITE_FULL, ENOSPC) or any
+  other write error drops that batch (``lost_events``), raises an alert once, and the
+  next batch tries again, so writes resume by themselves when space returns. A store
+  that fails ``PRAGMA integrity_check`` at open is moved aside (kept, renamed with a
+  timestamp) and a fresh one started, with an alert.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from ..decode.cper.sections.memory import MemorySection
+from ..events import MC_EVENT, SEVERITY_RANK, Event, Incident
+
+log = logging.getLogger("rasd.store")
+
+DEFAULT_PATH = "/var/lib/rasd/rasd.db"
+PAGE_SHIFT = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
+MINUTE_NS = 60 * 10**9
+INT64_MAX = (1 << 63) - 1
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
+RETENTION_CHUNK = 20_000  # rows per retention transaction: bounds the writer's pause
+REOPEN_INTERVAL_S = 30.0  # how often to retry a store that could not be opened
+
+
+class StoreError(Exception):
+    """A store rasd cannot use (readers: missing, unreadable, newer schema)."""
+
+
+# --- schema and migrations --------------------------------------------------------------
+# MIGRATIONS[n] takes a store from version n to n+1. Version 0 is an empty file.
+# A new layout is a new function appended here, never an edit of an old one.
+
+SCHEMA_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL, applied_wall_ns INTEGER NOT NULL);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    wall_ns INTEGER NOT NULL,
+    mono_ns INTEGER,
+    cpu INTEGER,
+    tgid INTEGER,
+    tid INTEGER,
+    comm TEXT,
+    severity TEXT,
+    sev_rank INTEGER,               -- SEVERITY_RANK of severity: "at least" is a range
+    containment TEXT,
+    reason TEXT,
+    incident_id INTEGER,
+    vm TEXT,                        -- VM name, when attribution named one
+    pfn INTEGER,
+    phys_addr INTEGER,
+    location TEXT,                  -- memory location down to the rank, or the DIMM label
+    decoded TEXT NOT NULL,          -- event.to_dict() without raw, JSON
+    raw BLOB,
+    decode_error TEXT
+);
+CREATE INDEX events_wall ON events (wall_ns);
+CREATE INDEX events_kind_wall ON events (kind, wall_ns);
+CREATE INDEX events_sev_wall ON events (sev_rank, wall_ns);
+CREATE INDEX events_vm ON events (vm, wall_ns) WHERE vm IS NOT NULL;
+CREATE INDEX events_incident ON events (incident_id) WHERE incident_id IS NOT NULL;
+CREATE TABLE incidents (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    first_wall_ns INTEGER NOT NULL,
+    last_wall_ns INTEGER NOT NULL,
+    severity TEXT,
+    sev_rank INTEGER,
+    containment TEXT,
+    summary TEXT,
+    pfn INTEGER,
+    phys_addr INTEGER,
+    location TEXT,                  -- JSON
+    cpu INTEGER,
+    mpidr INTEGER,
+    vm TEXT,                        -- JSON {"name", "tgid", "vcpu", "how"}
+    vm_name TEXT,
+    blast_radius TEXT,              -- JSON
+    disagreements TEXT,             -- JSON list
+    event_kinds TEXT,               -- JSON {kind: count}
+    event_count INTEGER NOT NULL,
+    closed INTEGER NOT NULL,
+    merged_into INTEGER             -- a later event proved it part of that incident
+);
+CREATE INDEX incidents_last ON incidents (last_wall_ns);
+CREATE INDEX incidents_first ON incidents (first_wall_ns);
+CREATE INDEX incidents_vm ON incidents (vm_name) WHERE vm_name IS NOT NULL;
+CREATE INDEX incidents_open ON incidents (closed) WHERE closed = 0;
+CREATE TABLE incident_events (
+    incident_id INTEGER NOT NULL,
+    event_id INTEGER NOT NULL,
+    PRIMARY KEY (incident_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX incident_events_event ON incident_events (event_id);
+-- Rollup for `rasdctl summary`. NULLs are stored as -1 / '' so the key stays unique.
+CREATE TABLE event_counts (
+    minute INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    sev_rank INTEGER NOT NULL,
+    cpu INTEGER NOT NULL,
+    location TEXT NOT NULL,
+    pfn INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (minute, kind, sev_rank, cpu, location, pfn)
+) WITHOUT ROWID;
+"""
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    conn.executescript("BEGIN;" + SCHEMA_V1 + "COMMIT;")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """0 for an empty file; the stored version otherwise."""
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+                       ).fetchone()
+    if not has:
+        return 0
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: sqlite3.Connection, migrations: list | None = None) -> tuple[int, int]:
+    """Bring the store to the newest version; returns (from, to). Each step commits on
+    its own with its version row, so an interrupted upgrade resumes where it stopped."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    start = current = schema_version(conn)
+    if current > len(migrations):
+        raise StoreError(f"store schema v{current} is newer than this rasd (v{len(migrations)})")
+    while current < len(migrations):
+        migrations[current](conn)
+        current += 1
+        with conn:
+            conn.execute("INSERT INTO schema_version VALUES (?, ?)", (current, time.time_ns()))
+    return start, current
+
+
+# --- rows from events and incidents -----------------------------------------------------
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+
+
+def _int64(value: Any) -> int | None:
+    """SQLite integers are signed 64-bit; a garbage address above that stays in the JSON."""
+    return value if isinstance(value, int) and 0 <= value <= INT64_MAX else None
+
+
+def where_in_memory(event: Event) -> tuple[int | None, int | None, str | None]:
+    """(pfn, physical address, memory location) from the event's CPER or fields."""
+    f = event.fields
+    phys, location = _int64(f.get("phys_addr")), None
+    if event.kind == MC_EVENT:  # ras:mc_event: EDAC's physical address and DIMM label
+        phys = phys or _int64(f.get("address"))
+        location = f.get("label") or None
+    if event.cper is not None:
+        for sec in event.cper.sections:
+            body = sec.body
+            if isinstance(body, MemorySection):
+                if phys is None and body.physical_addr_valid:
+                    phys = _int64(body.physical_addr)
+                location = location or _location_text(body)
+    pfn = _int64(f.get("pfn"))
+    if pfn is None and phys is not None:
+        pfn = phys >> PAGE_SHIFT
+    return pfn, phys, location
+
+
+_LOCATION_KEYS = ("node", "card", "module", "rank")
+
+
+def _location_text(body: Any) -> str | None:
+    """Node/card/module/rank (+ SMBIOS DIMM handle): where a DIMM or rank goes bad.
+    Bank/row/column stay in the decoded JSON: as a grouping key they split a bad
+    DIMM into thousands of one-event groups. (Reads the valid bits directly: this runs
+    once per event in a storm, MemorySection.location() builds every field.)"""
+    valid, bits = body.validation_bits, body.valid_map
+    parts = [f"{k} {getattr(body, k)}" for k in _LOCATION_KEYS if valid & bits[k]]
+    if valid & bits["mem_dev_handle"]:
+        parts.append(f"handle {body.mem_dev_handle:#06x}")
+    return " ".join(parts) or None
+
+
+def vm_name(vm: Any) -> str | None:
+    if isinstance(vm, dict):
+        name = vm.get("name")
+        return str(name) if name else None
+    return str(vm) if vm else None
+
+
+def event_decoded(event: Event) -> dict:
+    d = event.to_dict()
+    d.pop("raw", None)
+    fields = d.get("fields") or {}
+    if any(k.startswith("_") for k in fields):  # _symbols: per-format tables, not per-event
+        d["fields"] = {k: v for k, v in fields.items() if not k.startswith("_")}
+    return d
+
+
+EVENT_COLUMNS = ("id", "kind", "source", "wall_ns", "mono_ns", "cpu", "tgid", "tid", "comm",
+                 "severity", "sev_rank", "containment", "reason", "incident_id", "vm", "pfn",
+                 "phys_addr", "location", "decoded", "raw", "decode_error")
+INSERT_EVENT = (f"INSERT OR REPLACE INTO events ({', '.join(EVENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+
+
+def event_row(event: Event, vm: str | None) -> tuple:
+    task = event.task
+    pfn, phys, location = where_in_memory(event)
+    return (event.id, event.kind, event.source, event.wall_ns, event.mono_ns, event.cpu,
+            task.tgid if task else None, task.tid if task else None, task.comm if task else None,
+            event.severity, SEVERITY_RANK.get(event.severity), event.containment, event.reason,
+            event.incident_id, vm, pfn, phys, location, _dumps(event_decoded(event)),
+            event.raw or None, event.decode_error)
+
+
+INCIDENT_COLUMNS = ("id", "kind", "key", "first_wall_ns", "last_wall_ns", "severity", "sev_rank",
+                    "containment", "summary", "pfn", "phys_addr", "location", "cpu", "mpidr",
+                    "vm", "vm_name", "blast_radius", "disagreements", "event_kinds",
+                    "event_count", "closed", "merged_into")
+UPSERT_INCIDENT = (f"INSERT OR REPLACE INTO incidents ({', '.join(INCIDENT_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(INCIDENT_COLUMNS))})")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def incident_row(inc: Incident, kinds: Counter | None = None) -> tuple:
+    """``kinds``: the event-kind counts when the caller keeps them (a storm's incident
+    holds thousands of kinds; counting them again at every save is quadratic)."""
+    kinds = Counter(inc.event_kinds) if kinds is None else kinds
+    return (inc.id, inc.kind, inc.key, inc.first_wall_ns, inc.last_wall_ns, inc.severity,
+            SEVERITY_RANK.get(inc.severity), inc.containment, inc.summary, _int64(inc.pfn),
+            _int64(inc.phys_addr), _json_or_none(inc.location), inc.cpu, _int64(inc.mpidr),
+            _json_or_none(inc.vm), vm_name(inc.vm), _json_or_none(inc.blast_radius),
+            _dumps(list(inc.disagreements)), _dumps(kinds),
+            max(len(inc.event_ids), len(inc.event_kinds)), int(inc.closed),
+            getattr(inc, "merged_into", None))
+
+
+def rollup_key(row: tuple) -> tuple:
+    """(minute, kind, sev_rank, cpu, location, pfn) of an event row; NULL -> -1 / ''."""
+    sev, cpu, loc, pfn = row[10], row[5], row[17], row[15]
+    return (row[3] // MINUTE_NS, row[1], -1 if sev is None else sev, -1 if cpu is None else cpu,
+            loc or "", -1 if pfn is None else pfn)
+
+
+ROLLUP_ADD = ("INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+              "SET n = n + excluded.n")
+
+
+# --- the writer ---------------------------------------------------------------------------
+
+@dataclass
+class StoreCounters:
+    committed_events: int = 0
+    committed_incidents: int = 0
+    commits: int = 0
+    lost_events: int = 0  # handed to the store, never written (disk full, I/O error, no store)
+    write_errors: int = 0  # failed commits
+    retention_deleted: int = 0
+    corrupt_moved: int = 0
+    last_committed_event_id: int = 0  # every event up to here that was handed over is in
+
+
+@dataclass
+class _Batch:
+    """What one transaction writes (incidents as rows: their state at commit time)."""
+
+    rows: list[tuple]
+    incident_rows: list[tuple]
+    members: list[tuple[int, int]]
+    lengths: dict[int, int]  # incident id -> its event_ids written through this batch
+    vms: dict[int, str]  # incident id -> VM name
+    closed: list[int]
+
+
+class Store:
+    """The daemon's sink (``handle``/``flush``/``close``) and incident writer.
+
+    Wiring (rasd.assembly.build)::
+
+        store = Store.from_config(cfg, on_alert=...)
+        build(cfg, decoder, [store, ...], on_incident=store.save_incident,
+              first_event_id=store.next_event_id, first_incident_id=store.next_incident_id)
+
+    ``status()`` gives the counters (``lost_events``...) and recent ``alerts``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, batch_events: int = 1000,
+                 batch_ms: float = 200, retention_days: float = 0, max_size_mb: float = 0,
+                 retention_interval_s: float = 600, background: bool = False,
+                 integrity_check: str = "always",
+                 on_alert: Callable[[dict], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.batch_events = batch_events
+        self.batch_s = batch_ms / 1000
+        self.retention_ns = int(retention_days * 86400 * 10**9)
+        self.max_bytes = int(max_size_mb * 1024 * 1024)
+        self.retention_interval_s = retention_interval_s
+        self.integrity_check = integrity_check  # "always" or "after_crash"
+        self.checked_integrity = False  # whether the last open ran PRAGMA integrity_check
+        self.on_alert = on_alert
+        self.clock = clock
+        self.counters = StoreCounters()
+        self.alerts: deque[dict] = deque(maxlen=100)
+        self.conn: sqlite3.Connection | None = None
+        self.next_event_id = 1
+        self.next_incident_id = 1
+        self._id_floor = 1  # ids below this were in the store at open
+        self._renumbered = False
+        self._ids_loaded = False  # MAX(id) read from the file (not yet, if it never opened)
+        self._lock = threading.RLock()  # handle() vs the background flusher
+        self._rows: list[tuple] = []
+        self._incidents: dict[int, Incident] = {}
+        self._members_written: dict[int, int] = {}  # incident id -> event_ids already written
+        self._vm_by_incident: dict[int, str] = {}
+        self._kinds: dict[int, tuple[Counter, int]] = {}  # incident id -> (counts, kinds seen)
+        self._batch_started = 0.0
+        self._failing: str | None = None  # the reason writes fail, while they do
+        self._lost_since_alert = 0
+        self._next_retention = clock() + min(60.0, retention_interval_s)
+        self._next_reopen = 0.0
+        self._stop = threading.Event()
+        self._open()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._flusher, name="rasd-store", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def from_config(cls, cfg: Any, **kw: Any) -> "Store":
+        s = cfg["store"]
+        return cls(store_path(cfg), batch_events=s["batch_events"], batch_ms=s["batch_ms"],
+                   retention_days=s["retention_days"], max_size_mb=s["max_size_mb"],
+                   retention_interval_s=s["retention_interval_s"],
+                   integrity_check=s["integrity_check"], background=True, **kw)
+
+    # --- open, integrity, migration ---------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = self._connect_checked()
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            self.conn = None
+            self._next_reopen = self.clock() + REOPEN_INTERVAL_S
+            self._alert("store_unavailable", f"cannot open the store {self.path}: {exc}")
+            return
+        if not self._ids_loaded:
+            # once: a reopen (after corruption) keeps counting where this process was
+            self._load_ids()
+            self._id_floor = self.next_event_id
+            self._ids_loaded = True
+            self._rows = [self._renumber_row(r) for r in self._rows]
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        """Open, check, migrate; a corrupt or too-new file is moved aside once."""
+        try:
+            return self._connect()
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+                raise  # locked, unreadable directory, disk full: not the file's fault
+            moved = self._move_aside(exc)
+            self._alert("store_corrupt", f"store {self.path} unusable ({exc}); moved to "
+                        f"{moved.name}, starting a fresh one")
+            return self._connect()
+
+    def _crashed(self) -> bool:
+        """A WAL left behind: the last writer did not close (a clean close checkpoints
+        and deletes it)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return wal.exists() and wal.stat().st_size > 0
+
+    def _connect(self) -> sqlite3.Connection:
+        check = self.integrity_check == "always" or self._crashed()
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self.checked_integrity = False
+            if not self._fresh(conn):
+                if check:  # O(file size): ~10-20 s for a 2 GB store
+                    verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
+                    if verdict != "ok":
+                        raise sqlite3.DatabaseError(f"integrity_check: {verdict}")
+                    self.checked_integrity = True
+            else:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise sqlite3.OperationalError("cannot switch to WAL")
+            for pragma in ("synchronous = NORMAL", "temp_store = MEMORY",
+                           "journal_size_limit = 67108864", "cache_size = -16384",
+                           "wal_autocheckpoint = 8192"):  # 32 MB: fewer checkpoint fsyncs
+                conn.execute(f"PRAGMA {pragma}")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _fresh(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def _move_aside(self, exc: Exception) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        reason = "newer" if isinstance(exc, StoreError) else "corrupt"
+        target = self.path.with_name(f"{self.path.name}.{reason}-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.{reason}-{stamp}.{n}")
+            n += 1
+        for suffix in ("-wal", "-shm"):  # the WAL belongs with its file; keep them together
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        self.path.rename(target)
+        self.counters.corrupt_moved += 1
+        return target
+
+    def _load_ids(self) -> None:
+        """Continue the numbering: an id is never reused, even after retention."""
+        conn = self.conn
+        ev = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        inc = conn.execute("SELECT MAX(id) FROM incidents").fetchone()[0] or 0
+        mem = conn.execute("SELECT MAX(event_id) FROM incident_events").fetchone()[0] or 0
+        self.next_event_id = max(self.next_event_id, ev + 1, mem + 1)
+        self.next_incident_id = max(self.next_incident_id, inc + 1)
+
+    def incident_ids(self):
+        """An id iterator for the correlator that stays in step with the store."""
+        while True:
+            with self._lock:
+                iid = self.next_incident_id
+                self.next_incident_id += 1
+            yield iid
+
+    # --- the sink -----------------------------------------------------------------------------
+    def handle(self, event: Event) -> None:
+        with self._lock:
+            if self.conn is None:
+                self._reopen()  # before numbering: the file's ids decide what is free
+            if event.id is None or event.id < self._id_floor:
+                self._renumber(event)
+            self.next_event_id = max(self.next_event_id, event.id + 1)
+            vm = vm_name(event.fields.get("vm")) or self._vm_by_incident.get(event.incident_id)
+            if not self._rows:
+                self._batch_started = self.clock()
+            self._rows.append(event_row(event, vm))
+            if len(self._rows) >= self.batch_events or self._batch_due():
+                self._commit()
+
+    def _renumber(self, event: Event) -> None:
+        """An id below what the store held at open would overwrite a stored event: the
+        pipeline was not started at ``next_event_id``. Keep the data, say so once."""
+        if event.id is not None:
+            self._renumber_alert(event.id)
+        event.id = self.next_event_id
+
+    def _renumber_row(self, row: tuple) -> tuple:
+        """A row numbered while the file could not be opened, now that its ids are
+        known (the decoded JSON starts with its id: event.to_dict() puts it first)."""
+        old = row[0]
+        if old >= self._id_floor:
+            return row
+        self._renumber_alert(old)
+        new = self.next_event_id
+        self.next_event_id += 1
+        decoded = row[18].replace(f'{{"id":{old},', f'{{"id":{new},', 1)
+        return (new, *row[1:18], decoded, *row[19:])
+
+    def _renumber_alert(self, old: int) -> None:
+        if not self._renumbered:
+            self._renumbered = True
+            self._alert("store_id_collision", f"event id {old} is already used in the "
+                        f"store (ids continue at {self._id_floor}); start the pipeline at "
+                        "store.next_event_id. Renumbering.")
+
+    def save_incident(self, incident: Incident) -> None:
+        """An incident opened or changed (the correlator's ``on_change``): written with
+        the next batch, as it is at commit time (saved ten times in one batch, written
+        once)."""
+        with self._lock:
+            if incident.id is None:
+                incident.id = self.next_incident_id
+            self.next_incident_id = max(self.next_incident_id, incident.id + 1)
+            if not self._rows and not self._incidents:
+                self._batch_started = self.clock()
+            self._incidents[incident.id] = incident
+
+    def flush(self) -> None:
+        with self._lock:
+            self._commit()
+            self._maybe_retain()
+
+    def poll(self) -> None:
+        """Commit a batch that is old enough; run retention when due; retry a lost store."""
+        with self._lock:
+            if self._batch_due():
+                self._commit()
+            self._maybe_retain()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._commit()
+            if self.conn is not None:
+                try:
+                    self.conn.execute("PRAGMA optimize")
+                    self.conn.close()
+                except sqlite3.Error as exc:
+                    log.warning("closing the store: %s", exc)
+                self.conn = None
+
+    def _flusher(self) -> None:
+        while not self._stop.wait(max(0.01, self.batch_s / 2)):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
+                log.exception("store flusher")
+
+    def _batch_due(self) -> bool:
+        pending = self._rows or self._incidents
+        return bool(pending) and self.clock() - self._batch_started >= self.batch_s
+
+    # --- commit -------------------------------------------------------------------------------
+    def _commit(self) -> None:
+        rows, incidents = self._rows, self._incidents
+        if not rows and not incidents:
+            return
+        self._rows, self._incidents = [], {}
+        self._store_batch(self._prepare(rows, incidents))
+
+    def _prepare(self, rows: list[tuple], incidents: dict[int, Incident]) -> "_Batch":
+        members, lengths = self._pending_members(incidents)
+        inc_rows = [incident_row(i, self._kind_counts(i)) for i in incidents.values()]
+        vms = {iid: name for iid, i in incidents.items() if (name := vm_name(i.vm))}
+        closed = [iid for iid, i in incidents.items() if i.closed]
+        for iid in closed:
+            self._kinds.pop(iid, None)
+        return _Batch(rows, inc_rows, members, lengths, vms, closed)
+
+    def _pending_members(self, incidents: dict[int, Incident]) -> tuple[list, dict[int, int]]:
+        """Only the event ids not written yet: correlators append, a storm's incident is
+        saved once per event, and rewriting its whole member list each time is O(n^2).
+        Returns the (incident, event) pairs and how many ids each incident had."""
+        out, lengths = [], {}
+        for iid, inc in incidents.items():
+            ids = inc.event_ids
+            n = len(ids)
+            done = self._members_written.get(iid, 0)
+            out.extend((iid, eid) for eid in ids[done if done <= n else 0:n])
+            lengths[iid] = n
+        return out, lengths
+
+    def _kind_counts(self, inc: Incident) -> Counter:
+        """Event kinds counted incrementally, like the members (kinds are appended)."""
+        counts, seen = self._kinds.get(inc.id, (None, 0))
+        kinds = inc.event_kinds
+        if counts is None or seen > len(kinds):
+            counts, seen = Counter(), 0
+        counts.update(kinds[seen:])
+        self._kinds[inc.id] = (counts, len(kinds))
+        return counts
+
+    def _store_batch(self, batch: "_Batch") -> None:
+        if self.conn is None and not self._reopen():
+            self._lose(len(batch.rows), self._failing or "store unavailable")
+            return
+        try:
+            self._write(batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._write_failed(exc, len(batch.rows))
+            return
+        self._written(batch)
+
+    def _write(self, b: "_Batch") -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(INSERT_EVENT, b.rows)
+            counts = Counter(map(rollup_key, b.rows))
+            conn.executemany(ROLLUP_ADD, [(*k, n) for k, n in counts.items()])
+            conn.executemany(UPSERT_INCIDENT, b.incident_rows)
+            conn.executemany("INSERT OR IGNORE INTO incident_events VALUES (?, ?)", b.members)
+            # Attribution names a VM on the incident, often after its first events were
+            # handled: give those events the name too, so `events --vm` finds them.
+            # (Cheap: the partial index on incident_id, and few incidents carry a VM.)
+            conn.executemany("UPDATE events SET vm = ? WHERE incident_id = ? AND vm IS NULL",
+                             [(name, iid) for iid, name in b.vms.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _written(self, b: "_Batch") -> None:
+        c = self.counters
+        c.commits += 1
+        c.committed_events += len(b.rows)
+        c.committed_incidents += len(b.incident_rows)
+        if b.rows:
+            c.last_committed_event_id = max(c.last_committed_event_id, max(r[0] for r in b.rows))
+        self._members_written.update(b.lengths)
+        self._vm_by_incident.update(b.vms)
+        for iid in b.closed:  # no more members will come: keep the bookkeeping bounded
+            self._members_written.pop(iid, None)
+            self._vm_by_incident.pop(iid, None)
+        if self._failing is not None:
+            self._alert("store_resumed", f"store writes resumed after: {self._failing}; "
+                        f"{self._lost_since_alert} event(s) lost meanwhile")
+            self._failing, self._lost_since_alert = None, 0
+
+    def _write_failed(self, exc: BaseException, n: int) -> None:
+        self.counters.write_errors += 1
+        reason = _failure_reason(exc)
+        self._lose(n, reason)
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+            # the file went bad under us: reopen (integrity check moves it aside) later
+            _close_quietly(self.conn)
+            self.conn = None
+            self._next_reopen = self.clock()
+
+    def _lose(self, n: int, reason: str) -> None:
+        self.counters.lost_events += n
+        self._lost_since_alert += n
+        if self._failing is None:
+            self._failing = reason
+            self._alert("store_write_failed", f"store {self.path}: {reason}; events are being "
+                        f"lost (counted in lost_events) until writes succeed again")
+
+    def _reopen(self) -> bool:
+        if self.clock() < self._next_reopen:
+            return False
+        self._open()
+        return self.conn is not None
+
+    # --- retention ------------------------------------------------------------------------------
+    def _maybe_retain(self) -> None:
+        if self.clock() < self._next_retention or self.conn is None:
+            return
+        self._next_retention = self.clock() + self.retention_interval_s
+        try:
+            self.retain()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("store retention failed: %s", exc)
+
+    def retain(self, now_ns: int | None = None) -> int:
+        """Delete events past ``retention_days`` and the oldest beyond ``max_size_mb``;
+        returns how many events went. Run periodically, never per insert."""
+        with self._lock:
+            self._commit()  # retention sees everything handled so far
+            return self._retain(now_ns)
+
+    def _retain(self, now_ns: int | None) -> int:
+        if self.conn is None:
+            return 0
+        deleted = 0
+        if self.retention_ns:
+            cutoff = (now_ns or time.time_ns()) - self.retention_ns
+            deleted += self._delete_events(
+                "SELECT id FROM events WHERE wall_ns < ? LIMIT ?", (cutoff,))
+            self._exec_tx("DELETE FROM incidents WHERE last_wall_ns < ? AND closed = 1",
+                          (cutoff,))
+        if self.max_bytes:
+            deleted += self._trim_to_size()
+        if deleted:
+            self.conn.execute("PRAGMA incremental_vacuum")
+        self.counters.retention_deleted += deleted
+        return deleted
+
+    def used_bytes(self) -> int:
+        conn = self.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def _trim_to_size(self) -> int:
+        """Delete the oldest events until the used pages fit in 90% of the limit (the
+        margin keeps the next run from firing at once)."""
+        deleted = 0
+        for _ in range(4):  # bytes per event is an estimate: converge in a few rounds
+            used = self.used_bytes()
+            if used <= self.max_bytes:
+                break
+            count = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            if not count:
+                break
+            excess = used - int(self.max_bytes * 0.9)
+            n = min(count, math.ceil(excess / (used / count)))
+            deleted += self._delete_events("SELECT id FROM events ORDER BY id LIMIT ?", (), n)
+        if deleted:
+            oldest = self.conn.execute("SELECT MIN(wall_ns) FROM events").fetchone()[0]
+            if oldest is not None:
+                self._exec_tx("DELETE FROM incidents WHERE last_wall_ns < ? AND closed = 1",
+                              (oldest,))
+        return deleted
+
+    def _delete_events(self, select: str, args: tuple, limit: int | None = None) -> int:
+        """Delete what ``select`` (ending in LIMIT ?) picks, in chunks, each its own
+        transaction so the writer pauses briefly; the rollup is kept in step."""
+        total = 0
+        while limit is None or total < limit:
+            chunk = RETENTION_CHUNK if limit is None else min(RETENTION_CHUNK, limit - total)
+            n = self._delete_chunk(select, (*args, chunk))
+            total += n
+            if n < chunk:
+                break
+        return total
+
+    def _delete_chunk(self, select: str, args: tuple) -> int:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
+            conn.execute("DELETE FROM doomed")
+            conn.execute(f"INSERT INTO doomed {select}", args)
+            gone = conn.execute(
+                f"SELECT wall_ns / {MINUTE_NS}, kind, coalesce(sev_rank, -1), coalesce(cpu, -1), "
+                "coalesce(location, ''), coalesce(pfn, -1), count(*) FROM events "
+                "WHERE id IN (SELECT id FROM doomed) GROUP BY 1, 2, 3, 4, 5, 6").fetchall()
+            conn.executemany("UPDATE event_counts SET n = n - ? WHERE minute = ? AND kind = ? "
+                             "AND sev_rank = ? AND cpu = ? AND location = ? AND pfn = ?",
+                             [(g[6], *g[:6]) for g in gone])
+            conn.execute("DELETE FROM event_counts WHERE n <= 0")
+            conn.execute("DELETE FROM incident_events WHERE event_id IN (SELECT id FROM doomed)")
+            n = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM doomed)").rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return n
+
+    def _exec_tx(self, sql: str, args: tuple) -> None:
+        with _transaction(self.conn):
+            self.conn.execute(sql, args)
+
+    # --- alerts and status --------------------------------------------------------------------
+    def _alert(self, kind: str, message: str) -> None:
+        alert = {"wall_ns": time.time_ns(), "kind": kind, "message": message}
+        self.alerts.append(alert)
+        (log.info if kind == "store_resumed" else log.error)("%s", message)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(alert)
+            except Exception:  # noqa: BLE001 - an alert hook must not break the store
+                log.exception("store alert hook failed")
+
+    def status(self) -> dict:
+        """Counters and state for the status socket / metrics."""
+        c = self.counters
+        return {"path": str(self.path), "available": self.conn is not None,
+                "failing": self._failing, "pending_events": len(self._rows),
+                "next_event_id": self.next_event_id, "next_incident_id": self.next_incident_id,
+                **{k: getattr(c, k) for k in c.__dataclass_fields__},
+                "alerts": list(self.alerts)[-10:]}
+
+
+def store_path(cfg: Any) -> Path:
+    """``store.path``, or ``rasd.db`` in ``daemon.state_dir`` when it is empty."""
+    path = cfg["store"]["path"]
+    return Path(path) if path else Path(cfg["daemon"]["state_dir"]) / "rasd.db"
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text or "integrity_check" in text
+
+
+def _failure_reason(exc: BaseException) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == SQLITE_FULL or \
+            isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk full"
+    return f"write failed: {type(exc).__name__}: {exc}"
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:  # SQLite may have rolled back already (SQLITE_FULL does)
+        log.debug("rollback: %s", exc)
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    try:
+        if conn is not None:
+            conn.close()
+    except sqlite3.Error:
+        pass
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            _rollback(self.conn)
+
+
+# --- the reader -------------------------------------------------------------------------------
+
+@dataclass
+class EventQuery:
+    since_ns: int | None = None
+    until_ns: int | None = None
+    kinds: Iterable[str] = ()
+    min_severity: str | None = None
+    vm: str | None = None
+    limit: int | None = None
+    newest_first: bool = False
+
+
+class StoreReader:
+    """Read-only access for rasdctl: ``mode=ro``, safe while the daemon writes."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"no store at {self.path}")
+        try:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+            self.conn.row_factory = sqlite3.Row
+            version = schema_version(self.conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store {self.path}: {exc}") from None
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} has schema v{version}; this rasdctl reads "
+                             f"v{SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _all(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path}: {exc}") from None
+
+    def _iter(self, sql: str, args: Iterable = ()) -> Iterator[sqlite3.Row]:
+        """Rows as they come: `rasdctl events --json` on a million events streams."""
+        try:
+            yield from self.conn.execute(sql, tuple(args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading {self.path}: {exc}") from None
+
+    def events(self, q: EventQuery) -> Iterable[sqlite3.Row]:
+        where, args = _time_where("wall_ns", q.since_ns, q.until_ns)
+        kinds = list(q.kinds)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if q.min_severity is not None:
+            where.append("sev_rank >= ?")
+            args.append(SEVERITY_RANK[q.min_severity])
+        if q.vm is not None:
+            where.append("vm = ?")
+            args.append(q.vm)
+        order = "DESC" if q.newest_first else "ASC"
+        # SQLite walks the time index to avoid a sort unless told otherwise; for a rare
+        # type or severity, its own index and a small sort are far cheaper (+wall_ns)
+        wall = "+wall_ns" if self._selective(kinds, q.min_severity, q.vm) else "wall_ns"
+        sql = (f"SELECT * FROM events {_where_sql(where)} ORDER BY {wall} {order}, id {order}"
+               + (" LIMIT ?" if q.limit is not None else ""))
+        args += [q.limit] if q.limit is not None else []
+        if q.newest_first:
+            return self._all(sql, args)[::-1]
+        return self._iter(sql, args)
+
+    def _selective(self, kinds: list[str], min_severity: str | None, vm: str | None) -> bool:
+        """Whether the filters keep under a tenth of the events (the rollup knows)."""
+        if vm is not None:
+            return True  # few events carry a VM
+        if not kinds and min_severity is None:
+            return False
+        where, args = [], []
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if min_severity is not None:
+            where.append("sev_rank >= ?")
+            args.append(SEVERITY_RANK[min_severity])
+        total, picked = self._all("SELECT SUM(n), SUM(CASE WHEN " + " AND ".join(where) +
+                                  " THEN n ELSE 0 END) FROM event_counts", args)[0]
+        return not total or (picked or 0) * 10 < total
+
+    def incidents(self, since_ns: int | None = None, until_ns: int | None = None,
+                  min_severity: str | None = None, vm: str | None = None,
+                  open_only: bool = False) -> list[sqlite3.Row]:
+        # an incident is in [since, until) when it overlaps it
+        where, args = [], []
+        if since_ns is not None:
+            where.append("last_wall_ns >= ?")
+            args.append(since_ns)
+        if until_ns is not None:
+            where.append("first_wall_ns < ?")
+            args.append(until_ns)
+        if min_severity is not None:
+            where.append("sev_rank >= ?")
+            args.append(SEVERITY_RANK[min_severity])
+        if vm is not None:
+            where.append("vm_name = ?")
+            args.append(vm)
+        if open_only:
+            where.append("closed = 0")
+        return self._all(f"SELECT * FROM incidents {_where_sql(where)} "
+                         "ORDER BY first_wall_ns, id", args)
+
+    def incident(self, iid: int) -> sqlite3.Row | None:
+        rows = self._all("SELECT * FROM incidents WHERE id = ?", (iid,))
+        return rows[0] if rows else None
+
+    def incident_events(self, iid: int) -> list[sqlite3.Row]:
+        return self._all("SELECT * FROM events WHERE incident_id = ? OR id IN "
+                         "(SELECT event_id FROM incident_events WHERE incident_id = ?) "
+                         "ORDER BY wall_ns, id", (iid, iid))
+
+    def event(self, eid: int) -> sqlite3.Row | None:
+        rows = self._all("SELECT * FROM events WHERE id = ?", (eid,))
+        return rows[0] if rows else None
+
+    def summary(self, since_ns: int | None = None, until_ns: int | None = None) -> dict:
+        """Event counts by type, severity, CPU, memory location, page and VM.
+
+        Whole minutes inside the range come from the rollup; the ragged minutes at
+        either edge are counted from the events themselves, so the answer is exact."""
+        counts: Counter = Counter()
+        for lo, hi, exact in _split_minutes(since_ns, until_ns):
+            counts.update(self._count_exact(lo, hi) if exact else self._count_rollup(lo, hi))
+        return _summary_dict(counts, self._count_vm(since_ns, until_ns))
+
+    def _count_rollup(self, lo_min: int | None, hi_min: int | None) -> Counter:
+        where, args = _time_where("minute", lo_min, hi_min)
+        rows = self._all("SELECT kind, sev_rank, cpu, location, pfn, SUM(n) FROM event_counts "
+                         f"{_where_sql(where)} GROUP BY 1, 2, 3, 4, 5", args)
+        return Counter({tuple(r[:5]): r[5] for r in rows})
+
+    def _count_exact(self, lo_ns: int | None, hi_ns: int | None) -> Counter:
+        where, args = _time_where("wall_ns", lo_ns, hi_ns)
+        rows = self._all("SELECT kind, coalesce(sev_rank, -1), coalesce(cpu, -1), "
+                         "coalesce(location, ''), coalesce(pfn, -1), count(*) FROM events "
+                         f"{_where_sql(where)} GROUP BY 1, 2, 3, 4, 5", args)
+        return Counter({tuple(r[:5]): r[5] for r in rows})
+
+    def _count_vm(self, since_ns: int | None, until_ns: int | None) -> dict[str, int]:
+        where, args = _time_where("wall_ns", since_ns, until_ns)
+        where.append("vm IS NOT NULL")
+        rows = self._all(f"SELECT vm, count(*) FROM events {_where_sql(where)} GROUP BY vm "
+                         "ORDER BY 2 DESC, 1", args)
+        return {r[0]: r[1] for r in rows}
+
+    def info(self) -> dict:
+        ev = self._all("SELECT count(*), MIN(wall_ns), MAX(wall_ns) FROM events")[0]
+        inc = self._all("SELECT count(*), SUM(closed = 0) FROM incidents")[0]
+        return {"events": ev[0], "first_wall_ns": ev[1], "last_wall_ns": ev[2],
+                "incidents": inc[0], "open_incidents": inc[1] or 0}
+
+
+def _time_where(column: str, lo: int | None, hi: int | None) -> tuple[list[str], list]:
+    where, args = [], []
+    if lo is not None:
+        where.append(f"{column} >= ?")
+        args.append(lo)
+    if hi is not None:
+        where.append(f"{column} < ?")
+        args.append(hi)
+    return where, args
+
+
+def _where_sql(where: list[str]) -> str:
+    return ("WHERE " + " AND ".join(where)) if where else ""
+
+
+def _split_minutes(lo: int | None, hi: int | None) -> list[tuple[int | None, int | None, bool]]:
+    """[lo, hi) as (exact ns head, whole-minute middle, exact ns tail) pieces."""
+    m_lo = None if lo is None else -(-lo // MINUTE_NS)  # first whole minute at or after lo
+    m_hi = None if hi is None else hi // MINUTE_NS  # minutes before this one are whole
+    if m_lo is not None and m_hi is not None and m_lo >= m_hi:
+        return [(lo, hi, True)]
+    parts: list[tuple[int | None, int | None, bool]] = [(m_lo, m_hi, False)]
+    if lo is not None and lo < m_lo * MINUTE_NS:
+        parts.append((lo, m_lo * MINUTE_NS, True))
+    if hi is not None and m_hi * MINUTE_NS < hi:
+        parts.append((m_hi * MINUTE_NS, hi, True))
+    return parts
+
+
+def _summary_dict(counts: Counter, by_vm: dict[str, int]) -> dict:
+    from ..events import SEVERITY_ORDER
+    dims: list[Counter] = [Counter() for _ in range(5)]
+    for key, n in counts.items():
+        for i, value in enumerate(key):
+            dims[i][value] += n
+    by_kind, by_sev, by_cpu, by_loc, by_pfn = dims
+
+    def ranked(c: Counter, drop: Any) -> list[list]:
+        return [[k, n] for k, n in sorted(c.items(), key=lambda kv: (-kv[1], str(kv[0])))
+                if k != drop and n]
+
+    severities = [[SEVERITY_ORDER[r] if 0 <= r < len(SEVERITY_ORDER) else "unclassified", n]
+                  for r, n in sorted(by_sev.items(), reverse=True) if n]
+    return {"total": sum(counts.values()), "by_type": ranked(by_kind, None),
+            "by_severity": severities, "by_cpu": ranked(by_cpu, -1),
+            "by_location": ranked(by_loc, ""), "by_vm": [[k, n] for k, n in by_vm.items()],
+            "top_pages": ranked(by_pfn, -1)[:20]}
