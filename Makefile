@@ -1,5 +1,5 @@
 # The two set-up commands of the README: `make run` and `make test`.
-.PHONY: setup setup-test run test bench lab
+.PHONY: setup setup-test run test bench lab deb
 
 setup:
 	@scripts/setup.sh
@@ -16,3 +16,10 @@ test: setup-test
 bench: setup
 	.venv/bin/python bench/decode.py
 	.venv/bin/python bench/daemon.py
+
+deb:
+	packaging/build-deb.sh dist
+
+lab:
+	sh tests/lab/setup-host.sh
+	python3 tests/lab/run.py

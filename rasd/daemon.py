@@ -74,14 +74,35 @@ class Daemon:
                                     j["enabled"], on_suppressed=self._on_suppressed)
         self.suppressed = Counter()
         self.metrics_error: str | None = None
-        self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()),
-                              [self.metrics, LogSink()], on_incident=self._on_incident,
+        self.store = self._open_store()
+        sinks = [self.metrics, LogSink()] + ([self.store] if self.store is not None else [])
+        self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()), sinks,
+                              on_incident=self._on_incident,
+                              first_event_id=self.store.next_event_id if self.store else 1,
+                              first_incident_id=self.store.next_incident_id if self.store else 1,
                               **host_lookups())
+        self.metrics.live_counters["store"] = \
+            lambda: self.store.counters.lost_events if self.store else None
         self.pipeline = self.assembly.pipeline
         self.incidents_seen = 0
         self._stop = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _open_store(self) -> Any:
+        """The SQLite store; when it cannot be opened rasd still runs (metrics, alerts)."""
+        if not self.cfg["store"]["enabled"]:
+            return None
+        from .sinks.store import Store, StoreError
+        try:
+            return Store.from_config(self.cfg, on_alert=self._on_store_alert)
+        except (StoreError, OSError) as exc:
+            self.notes.append(f"store unavailable: {exc}")
+            log.error("store unavailable: %s", exc)
+            return None
+
+    def _on_store_alert(self, alert: dict) -> None:
+        log.error("store: %s", alert.get("message", alert))
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,6 +251,8 @@ class Daemon:
         if self.kmsg is not None:
             self.kmsg.drain(self.pipeline.feed_event, flush=True)  # close quiet line groups
         self.assembly.correlator.expire(time.time_ns())
+        if self.store is not None:
+            self.store.poll()  # commits a quiet tail, runs retention when due
         self._serve_metrics()
 
     def _wake_interval(self) -> float:
@@ -289,7 +312,9 @@ class Daemon:
             self.metrics_error = message
 
     def _on_incident(self, incident) -> None:
-        """Incidents as they open, change and close: alerts and metrics."""
+        """Incidents as they open, change and close: store, alerts and metrics."""
+        if self.store is not None:
+            self.store.save_incident(incident)
         self.alerts.incident(incident)
         self.metrics.incident(incident)
         if incident.closed and incident.merged_into is None:
@@ -385,6 +410,7 @@ class Daemon:
                              "kmsg": None if self.kmsg is None else {
                                  "events": self.kmsg.events, "lost": self.kmsg.lost()}},
                 "incidents": self.incidents_seen,
+                "store": self.store.status() if self.store is not None else None,
                 "alerts": {"sent": self.alerts.sent, "suppressed": dict(self.suppressed)},
                 "metrics": self.metrics_error or "ok",
                 "notes": self.notes}

@@ -69,10 +69,15 @@ class Correlator:
         self.open: dict[int, Incident] = {}
         self.index: dict[str, int] = {}  # key -> open incident id
         self._state: dict[int, _Evidence] = {}
+        self._keys: dict[int, list[str]] = {}  # incident id -> its keys in the index
+        self._last_expire_ns = 0
 
     # --- the stage ------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
-        self.expire(event.wall_ns)
+        # Closing scans the open incidents: in a storm do it a few times per window,
+        # not per event. An incident may then stay open up to window/8 longer.
+        if event.wall_ns - self._last_expire_ns > self.window_ns // 8:
+            self.expire(event.wall_ns)
         keys = event_keys(event)
         incident = self._find(keys)
         if incident is None:
@@ -85,13 +90,15 @@ class Correlator:
 
     def expire(self, now_ns: int) -> list[Incident]:
         """Close incidents whose window passed with no new event."""
+        self._last_expire_ns = now_ns
         done = [i for i in self.open.values() if now_ns - i.last_wall_ns > self.window_ns]
         for incident in done:
             incident.closed = True
             del self.open[incident.id]
             self._state.pop(incident.id, None)
-            for key in [k for k, v in self.index.items() if v == incident.id]:
-                del self.index[key]
+            for key in self._keys.pop(incident.id, ()):
+                if self.index.get(key) == incident.id:
+                    del self.index[key]
             if self.on_change is not None:
                 self.on_change(incident)
         return done
@@ -111,9 +118,9 @@ class Correlator:
     def _merge(self, survivor: Incident, other: Incident) -> None:
         del self.open[other.id]
         evidence = self._state.pop(other.id)
-        for key, iid in list(self.index.items()):
-            if iid == other.id:
-                self.index[key] = survivor.id
+        for key in self._keys.pop(other.id, ()):
+            self.index[key] = survivor.id
+            self._keys.setdefault(survivor.id, []).append(key)
         survivor.event_ids.extend(other.event_ids)
         survivor.event_kinds.extend(other.event_kinds)
         survivor.first_wall_ns = min(survivor.first_wall_ns, other.first_wall_ns)
@@ -142,7 +149,9 @@ class Correlator:
         incident.first_wall_ns = min(incident.first_wall_ns, event.wall_ns)
         incident.last_wall_ns = max(incident.last_wall_ns, event.wall_ns)
         for key in keys:
-            self.index.setdefault(key, incident.id)
+            if key not in self.index:
+                self.index[key] = incident.id
+                self._keys.setdefault(incident.id, []).append(key)
         if not incident.key:
             incident.key = keys[0]
         evidence = self._state[incident.id]

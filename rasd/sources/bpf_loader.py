@@ -37,7 +37,16 @@ from .resolve import (ATTACHED, FAILED, HOT_KPROBE_REASON, PENDING, Features, Ke
 from .ringbuf import LostCounter, RingBuffer
 from .tracefs import EventFormat, find_tracefs, parse_format
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+def _bpf_dir() -> Path:
+    """bpf/*.c: $RASD_BPF_DIR, else the checkout's bpf/ next to the rasd package, else
+    the Debian package's /usr/share/rasd/bpf."""
+    if os.environ.get("RASD_BPF_DIR"):
+        return Path(os.environ["RASD_BPF_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "bpf"
+    return checkout if (checkout / "common.h").is_file() else Path("/usr/share/rasd/bpf")
+
+
+BPF_DIR = _bpf_dir()
 _MAX_MSG = 1 << 20
 
 
@@ -222,7 +231,7 @@ class _LoaderChild:
     def __init__(self) -> None:
         self.sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(BPF_DIR.parent) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
         with child_sock:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rasd.sources.bpf_loader", "--child",

@@ -67,7 +67,7 @@ class KernelView:
         return cls(
             arch=normalize_arch(platform.machine()),
             release=platform.release(),
-            symbols=_read_kallsyms(Path("/proc/kallsyms"), flt),
+            symbols=_read_symbols(tracefs, flt, notes),
             events=_read_events(tracefs / "events") if tracefs else {},
             blacklist=_read_blacklist(Path("/sys/kernel/debug/kprobes/blacklist"), notes),
             btf=Path("/sys/kernel/btf/vmlinux").exists(),
@@ -153,6 +153,27 @@ def _parse_kallsyms_lines(lines: Iterable[str], addr: bool,
 def _read_kallsyms(path: Path, flt: re.Pattern[str]) -> dict[str, str]:
     with path.open() as f:
         return _parse_kallsyms_lines(f, addr=True, flt=flt)
+
+
+def _read_symbols(tracefs: Path | None, flt: re.Pattern[str], notes: list[str]) -> dict[str, str]:
+    """kallsyms, or -- where it is hidden (systemd's ProtectKernelTunables= makes
+    /proc/kallsyms inaccessible, as systemd-nspawn does) -- the functions tracefs says
+    ftrace can trace: the ones fentry and ftrace-based kprobes attach to, with their
+    real names (.isra/.constprop suffixes included)."""
+    try:
+        return _read_kallsyms(Path("/proc/kallsyms"), flt)
+    except PermissionError:
+        if tracefs is None:
+            raise
+    out: dict[str, str] = {}
+    with (tracefs / "available_filter_functions").open() as f:
+        for line in f:
+            name = line.split(maxsplit=1)[0] if line.strip() else ""
+            if name and flt.match(name):
+                out.setdefault(name, "t")
+    notes.append("/proc/kallsyms unreadable: probe symbols from tracefs "
+                 "available_filter_functions (functions ftrace cannot trace are missed)")
+    return out
 
 
 def _read_events(events_dir: Path) -> dict[str, EventFormat]:

@@ -127,3 +127,9 @@ def test_once_prints_the_status_document(tmp_path):
     doc = json.loads(out.stdout)
     assert any(p["status"] == "attached" for p in doc["probes"])
     assert doc["features"]["btf"] == Path("/sys/kernel/btf/vmlinux").exists()
+    # the embedded default store lives in the state dir and is usable by rasdctl
+    assert doc["store"]["available"] and doc["store"]["path"] == str(tmp_path / "state/rasd.db")
+    out = subprocess.run([sys.executable, "-m", "rasd.cli.rasdctl", "summary", "--db",
+                          doc["store"]["path"], "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
