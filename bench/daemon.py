@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from rasd.decode.event import EventDecoder  # noqa: E402
 from rasd.encode import cper as enc  # noqa: E402
-from rasd.pipeline import Pipeline  # noqa: E402
 from rasd.sources.records import Record  # noqa: E402
 from rasd.sources.replay import encode_trace_entry  # noqa: E402
 from rasd.sources.tracefs import parse_format  # noqa: E402
@@ -127,15 +126,23 @@ def ingest(n: int) -> None:
         def close(self):
             pass
 
-    pipeline = Pipeline(EventDecoder(formats), [Count()])
+    from rasd import config
+    from rasd.assembly import build
+    from rasd.sinks.metrics import Metrics
+    incidents = []
+    assembly = build(config.defaults(), EventDecoder(formats), [Metrics(), Count()],
+                     on_incident=lambda i: incidents.append(i) if i.closed else None)
+    pipeline = assembly.pipeline
     t0 = time.perf_counter()
     for rec in records:
         pipeline.feed(rec)
     dt = time.perf_counter() - t0
+    assembly.correlator.expire(2**63 - 1)  # close what is open (not timed)
     lost = n - Count.n
     print(f"replay ingest:       {n / dt:8,.0f} events/s over {n:,} events, lost {lost}, "
           f"decode errors {pipeline.counters.decode_errors} (target >= 50,000; ratio "
-          f"{n / dt / 50_000:.2f}); pipeline: decode + counters, no store yet")
+          f"{n / dt / 50_000:.2f}); decode, classify, correlate, thresholds, metrics "
+          f"(the SQLite store: bench/store.py); {len(incidents)} incidents closed")
 
 
 def main() -> None:
