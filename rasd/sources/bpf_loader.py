@@ -302,7 +302,7 @@ def compile_all_programs(extra_c: Iterable[str] = (), cflags: Iterable[str] = ()
     load each with the verifier without attaching; returns the function names."""
     from bcc import BPF, lib  # noqa: deferred: only tests/children import bcc
     text = _source_text(str(BPF_DIR), list(extra_c), testing=True)
-    b = BPF(text=text, cflags=_base_cflags(str(BPF_DIR), 8) + list(cflags))
+    b = BPF(text=text.encode(), cflags=_base_cflags(str(BPF_DIR), 8) + list(cflags))
     names = [lib.bpf_function_name(b.module, i).decode()
              for i in range(lib.bpf_num_functions(b.module))]
     for n in names:
@@ -382,7 +382,7 @@ def _compile(request: dict, plans: list[dict], cflags: list[str]):
     macros = [f"-D{p['fentry_macro']}" for p in plans if p.get("fentry_macro")]
     text = _source_text(request["bpf_dir"], extra, request.get("testing", False),
                         {p["source"] for p in plans if p.get("source")})
-    return BPF(text=text, cflags=_base_cflags(request["bpf_dir"], request["ringbuf_pages"])
+    return BPF(text=text.encode(), cflags=_base_cflags(request["bpf_dir"], request["ringbuf_pages"])
                + cflags + macros + request.get("extra_cflags", []))
 
 
