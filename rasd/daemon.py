@@ -85,6 +85,7 @@ class Daemon:
             lambda: self.store.counters.lost_events if self.store else None
         self.pipeline = self.assembly.pipeline
         self.incidents_seen = 0
+        self._selector: selectors.BaseSelector | None = None
         self._stop = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -218,7 +219,7 @@ class Daemon:
 
     # --- main loop -------------------------------------------------------------------------
     def run(self) -> int:
-        sel = selectors.DefaultSelector()
+        sel = self._selector = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, "signal")
         if self.loaded is not None:
             sel.register(self.loaded.ringbuf.fd, selectors.EVENT_READ, "ringbuf")
@@ -229,6 +230,8 @@ class Daemon:
                 sel.register(fd, selectors.EVENT_READ, "instance")
         if self.kmsg is not None:
             sel.register(self.kmsg.fileno(), selectors.EVENT_READ, "kmsg")
+        if self.metrics.server is not None:
+            sel.register(self.metrics.fileno(), selectors.EVENT_READ, "metrics")
         interval = self._wake_interval()
         next_ping = time.monotonic()
         while not self._stop:
@@ -270,6 +273,8 @@ class Daemon:
             self.instance.drain(self.pipeline.feed)
         elif what == "kmsg":
             self.kmsg.drain(self.pipeline.feed_event)
+        elif what == "metrics":
+            self.metrics.handle_ready()
         elif what == "signal":
             try:
                 while os.read(self._wake_r, 64):
@@ -303,8 +308,11 @@ class Daemon:
         if not m["enabled"] or self.metrics.server is not None:
             return
         try:
-            self.metrics.serve(m["address"], m["port"], m["tls_cert"], m["tls_key"])
+            self.metrics.serve(m["address"], m["port"], m["tls_cert"], m["tls_key"],
+                               own_thread=False)
             self.metrics_error = None
+            if self._selector is not None:
+                self._selector.register(self.metrics.fileno(), selectors.EVENT_READ, "metrics")
         except (OSError, ssl.SSLError) as exc:
             message = f"metrics endpoint {m['address']}:{m['port']} unavailable: {exc}"
             if message != self.metrics_error:

@@ -142,8 +142,13 @@ class Metrics:
             self.actions.labels(record.what, record.mode, "done" if record.done else "not_done").inc()
 
     # --- HTTP ---------------------------------------------------------------------------------
-    def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> None:
-        """Start the endpoint in a thread; raises OSError (e.g. port in use) to the caller."""
+    def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "",
+              own_thread: bool = True) -> None:
+        """Start the endpoint; raises OSError (e.g. port in use) to the caller.
+
+        ``own_thread=False``: the caller's event loop calls ``handle_ready()`` when
+        ``fileno()`` is readable (the daemon does: an accept thread polling twice a
+        second would be the idle daemon's main CPU cost)."""
         handler = MetricsHandler.factory(self.registry)
         server = ThreadingHTTPServer((address, port), handler)
         server.daemon_threads = True
@@ -152,13 +157,25 @@ class Metrics:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(certfile, keyfile or None)
             server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        server.timeout = 0  # handle_ready() never waits
+        if own_thread:
+            threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        self._own_thread = own_thread
         self.server = server
         log.info("metrics on %s://%s:%d/metrics", "https" if certfile else "http", address, port)
 
+    def fileno(self) -> int:
+        return self.server.fileno()
+
+    def handle_ready(self) -> None:
+        """Accept one pending scrape; ThreadingHTTPServer answers it in its own thread."""
+        if self.server is not None:
+            self.server.handle_request()
+
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
+            if self._own_thread:
+                self.server.shutdown()
             self.server.server_close()
             self.server = None
 

@@ -368,6 +368,7 @@ class Store:
         self._next_retention = clock() + min(60.0, retention_interval_s)
         self._next_reopen = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._open()
         self._thread = None
         if background:
@@ -490,6 +491,7 @@ class Store:
             vm = vm_name(event.fields.get("vm")) or self._vm_by_incident.get(event.incident_id)
             if not self._rows:
                 self._batch_started = self.clock()
+                self._wake.set()  # the flusher sleeps until a batch starts
             self._rows.append(event_row(event, vm))
             if len(self._rows) >= self.batch_events or self._batch_due():
                 self._commit()
@@ -530,6 +532,7 @@ class Store:
             self.next_incident_id = max(self.next_incident_id, incident.id + 1)
             if not self._rows and not self._incidents:
                 self._batch_started = self.clock()
+                self._wake.set()  # the flusher sleeps until a batch starts
             self._incidents[incident.id] = incident
 
     def flush(self) -> None:
@@ -546,6 +549,7 @@ class Store:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
@@ -559,7 +563,14 @@ class Store:
                 self.conn = None
 
     def _flusher(self) -> None:
-        while not self._stop.wait(max(0.01, self.batch_s / 2)):
+        # Idle, it sleeps without a timeout (an idle daemon must cost no CPU); once a
+        # batch starts it commits it batch_ms later. Retention runs from poll() on the
+        # daemon's own periodic tick.
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.wait(self.batch_s):
+                return
+            self._wake.clear()
             try:
                 self.poll()
             except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
