@@ -24,13 +24,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "rasd.service"
 DROPIN = ROOT / "packaging" / "debian" / "page-offline.conf"
-# Issue 5 asks for <= 2.5. systemd 252 scores this unit 2.7 and cannot score it
-# lower without hiding something rasd needs: ProtectKernelTunables= (kallsyms hidden,
-# tracefs forced read-only), ProtectKernelModules= (the kernel headers bcc compiles
-# against) and ProtectKernelLogs= (/dev/kmsg, CAP_SYSLOG) cost 0.2 each; the unit
-# applies their other effects explicitly. test_exposure_items_left_are_the_documented_ones
-# fails on anything new, so the number cannot creep.
-MAX_EXPOSURE = 2.7
+# Issue 5 asks for <= 2.5; this unit scores 2.6. ProtectKernelTunables= (kallsyms hidden, tracefs forced
+# read-only), ProtectKernelModules= (the kernel headers bcc compiles against) and
+# ProtectKernelLogs= (/dev/kmsg, CAP_SYSLOG) would hide what rasd needs (0.2 each);
+# the unit applies their other effects explicitly and restricts metrics peers to
+# local/private networks (IPAddressAllow=) instead. The last 0.1 would cost AF_NETLINK
+# (NIC state over netlink) or CAP_SYSLOG (/dev/kmsg under lockdown=confidentiality).
+# test_exposure_items_left_are_the_documented_ones fails on anything new.
+MAX_EXPOSURE = 2.6
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze missing (apt-get install systemd)")
@@ -93,13 +94,13 @@ def exposure(unit: Path) -> tuple[float, str]:
 
 
 @needs_analyze
-def test_exposure_at_most_2_7():
-    # systemd rounds the exposure *up* to the tenth it prints, so "2.7" is <= 2.7.
+def test_exposure_at_most_2_6():
+    # systemd rounds the exposure *up* to the tenth it prints, so "2.6" is <= 2.6.
     score, report = exposure(UNIT)
     bad = "\n".join(line for line in report.splitlines() if line.startswith("✗"))
     assert score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}:\n{bad}"
-    # and the threshold option agrees (exit status non-zero above 27/100)
-    p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=27",
+    # and the threshold option agrees (exit status non-zero above 26/100)
+    p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=26",
                         "--no-pager", str(UNIT)], capture_output=True, text=True, cwd=UNIT.parent)
     assert p.returncode == 0, bad
 
