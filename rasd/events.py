@@ -66,6 +66,9 @@ class Event:
     containment: str | None = None
     reason: str | None = None
     incident_id: int | None = None
+    # (physical address, memory location, MPIDR) as correlation reads them from the
+    # CPER or fields; computed once per event (correlate.incidents.where)
+    place: tuple | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         d: dict = {"id": self.id, "kind": self.kind, "source": self.source, "wall_ns": self.wall_ns,

@@ -392,7 +392,14 @@ def _in_faulting_task(event: Event) -> bool:
 
 
 def _where(event: Event) -> tuple[int | None, dict | None, int | None]:
-    """Physical address, memory location and MPIDR the event's CPER (or fields) give."""
+    """Physical address, memory location and MPIDR the event's CPER (or fields) give;
+    several stages ask, so it is computed once and kept on the event."""
+    if event.place is None:
+        event.place = _read_where(event)
+    return event.place
+
+
+def _read_where(event: Event) -> tuple[int | None, dict | None, int | None]:
     pa = location = mpidr = None
     if event.cper is not None:
         for sec in event.cper.sections:
