@@ -16,32 +16,18 @@ from rasd.decode.event import EventDecoder
 from rasd.encode import cper as enc
 from rasd.pipeline import Pipeline
 from rasd.sources.records import Record
+
+from chains import MS, Clock, ghes, make
 from rasd.sources.replay import encode_trace_entry
 from rasd.sources.tracefs import parse_format
 
 FORMATS = Path(__file__).resolve().parents[1] / "fixtures" / "formats" / "6.12"
 MFE = parse_format((FORMATS / "memory_failure_event").read_text(), "ras", "memory_failure_event")
-MS = 10**6
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 10**9
-
-    def __call__(self, step_ms: float = 1) -> int:
-        self.t += int(step_ms * MS)
-        return self.t
 
 
-def make(probe, kind, t, tid=5000, comm="victim", rf=(), blob=b"", **fields):
-    """rf: the record's header flags (return, user, no_regs, vcpu_fault...)."""
-    return Record(kind, probe, 0, frozenset(rf), 1, tid, tid, comm, t, dict(fields), blob)
 
-
-def ghes(t, block, notify_type=8, tid=5000, comm="victim"):
-    return make("ghes_do_proc", "ghes", t, tid, comm, blob=block, source_id=0, hest_type=10,
-                notify_type=notify_type, error_block_length=1024, estatus_len=len(block),
-                captured_len=len(block))
 
 
 def mem_block(pa, severity, pa_valid=True, **loc):

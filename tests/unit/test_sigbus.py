@@ -21,6 +21,8 @@ from rasd.pipeline import Pipeline
 from rasd.sources.bpf_loader import tp_instance
 from rasd.sources.probes import BY_NAME
 from rasd.sources.records import Record
+
+from chains import MS, Clock, ghes, make
 from rasd.sources.replay import encode_trace_entry
 from rasd.sources.tracefs import parse_format
 
@@ -33,20 +35,9 @@ MFE = parse_format((FORMATS / "6.12" / "memory_failure_event").read_text(), "ras
                    "memory_failure_event")
 SIGBUS = 7
 SI_USER, BUS_ADRERR, BUS_OBJERR, BUS_MCEERR_AR, BUS_MCEERR_AO = 0, 2, 3, 4, 5
-MS = 10**6
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 10**9
 
-    def __call__(self, step_ms: float = 1) -> int:
-        self.t += int(step_ms * MS)
-        return self.t
-
-
-def make(probe, kind, t, tid=5000, comm="victim", rf=(), blob=b"", **fields):
-    return Record(kind, probe, 0, frozenset(rf), 1, tid, tid, comm, t, dict(fields), blob)
 
 
 def sigbus(t, target_tid, target_comm, code, sender_tid=None, sender_comm=None, result=0,
@@ -59,10 +50,6 @@ def sigbus(t, target_tid, target_comm, code, sender_tid=None, sender_comm=None, 
                 comm=sender_comm or target_comm, blob=blob)
 
 
-def ghes(t, block, tid, comm, notify_type=8):
-    return make("ghes_do_proc", "ghes", t, tid, comm, blob=block, source_id=0, hest_type=10,
-                notify_type=notify_type, error_block_length=1024, estatus_len=len(block),
-                captured_len=len(block))
 
 
 def mem_block(pa):

@@ -1,0 +1,31 @@
+"""Source records as the BPF side emits them, for tests that replay kernel event chains."""
+
+from __future__ import annotations
+
+from rasd.sources.records import Record
+
+MS = 10**6
+
+
+class Clock:
+    """Kernel-ish monotonic stamps: each call advances by step_ms."""
+
+    def __init__(self) -> None:
+        self.t = 10**9
+
+    def __call__(self, step_ms: float = 1) -> int:
+        self.t += int(step_ms * MS)
+        return self.t
+
+
+def make(probe, kind, t, tid=5000, comm="victim", rf=(), blob=b"", **fields) -> Record:
+    """rf: the record's header flags (return, user, no_regs, vcpu_fault...)."""
+    return Record(kind, probe, 0, frozenset(rf), 1, tid, tid, comm, t, dict(fields), blob)
+
+
+def ghes(t, block, tid=5000, comm="victim", notify_type=8) -> Record:
+    """A ghes_do_proc record carrying ``block``; notify 8 = SEA (processed in the
+    faulting task's context), 0 = polled."""
+    return make("ghes_do_proc", "ghes", t, tid, comm, blob=block, source_id=0, hest_type=10,
+                notify_type=notify_type, error_block_length=1024, estatus_len=len(block),
+                captured_len=len(block))
