@@ -60,7 +60,7 @@ class Daemon:
         self.instance: Any = None  # sources.fallbacks.InstanceSource
         self.kmsg: Any = None  # sources.fallbacks.KmsgSource (lockdown=confidentiality)
         self.status_server: StatusServer | None = None
-        self.lockdown = "unavailable"
+        self.lockdown = "unknown"
         self.notes: list[str] = []
         self.source_errors = 0
         m = cfg["metrics"]

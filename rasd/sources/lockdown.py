@@ -30,6 +30,11 @@ def read_mode(path: Path | str | None = None) -> str:
         text = Path(LOCKDOWN_PATH if path is None else path).read_text()
     except OSError:
         return UNKNOWN
+    return mode_from_text(text)
+
+
+def mode_from_text(text: str) -> str:
+    """The bracketed mode in a lockdown file's text (or a recorded copy of it)."""
     m = re.search(r"\[(\w+)\]", text)
     if m is None or m.group(1) not in _ORDER:
         return UNKNOWN

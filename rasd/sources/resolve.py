@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .probes import PROBES, TRACE_SYSTEMS, Probe
+from . import lockdown as lockdown_mod
 from .tracefs import EventFormat, find_tracefs, parse_format
 
 PENDING, ATTACHED, MISSING, BLACKLISTED, WRONG_ARCH, FAILED, LOCKDOWN = (
@@ -51,7 +52,7 @@ class KernelView:
     blacklist: frozenset[str] | None  # None: unknown (debugfs closed or not mounted)
     btf: bool
     kprobes: bool | None  # kernel kprobe support; None: unknown
-    lockdown: str  # "none", "integrity", "confidentiality" or "unavailable"
+    lockdown: str  # "none", "integrity", "confidentiality" or "unknown" (lockdown.py)
     notes: list[str] = field(default_factory=list)
 
     # --- construction ------------------------------------------------------
@@ -72,7 +73,7 @@ class KernelView:
             blacklist=_read_blacklist(Path("/sys/kernel/debug/kprobes/blacklist"), notes),
             btf=Path("/sys/kernel/btf/vmlinux").exists(),
             kprobes=_host_kprobes(tracefs),
-            lockdown=read_lockdown(Path("/sys/kernel/security/lockdown")),
+            lockdown=lockdown_mod.read_mode(),
             notes=notes,
         )
 
@@ -101,7 +102,7 @@ class KernelView:
             blacklist=blacklist,
             btf="vmlinux: present" in btf_txt,
             kprobes=True,
-            lockdown=lockdown or _lockdown_from_text(uname) or "unavailable",
+            lockdown=lockdown or lockdown_mod.mode_from_text(uname),
             notes=notes,
         )
 
@@ -218,19 +219,6 @@ def _host_kprobes(tracefs: Path | None) -> bool:
     if Path("/sys/bus/event_source/devices/kprobe/type").exists():
         return True
     return bool(tracefs and (tracefs / "kprobe_events").exists())
-
-
-def _lockdown_from_text(text: str) -> str | None:
-    m = re.search(r"\[(none|integrity|confidentiality)\]", text)
-    return m.group(1) if m else None
-
-
-def read_lockdown(path: Path) -> str:
-    """Current lockdown mode; "unavailable" when the kernel has no lockdown LSM."""
-    try:
-        return _lockdown_from_text(path.read_text()) or "unavailable"
-    except OSError:
-        return "unavailable"
 
 
 @dataclass
