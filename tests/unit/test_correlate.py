@@ -7,7 +7,6 @@ stage, so what is tested is the daemon's own path.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 from rasd.classify.severity import classify
@@ -17,7 +16,8 @@ from rasd.encode import cper as enc
 from rasd.pipeline import Pipeline
 from rasd.sources.records import Record
 
-from chains import MS, Clock, ghes, make
+import chains
+from chains import MS, Clock, ghes, make, recording_vm_of
 from rasd.sources.replay import encode_trace_entry
 from rasd.sources.tracefs import parse_format
 
@@ -43,22 +43,7 @@ def mfe(t, pfn, result=3, page_type=13):
 
 
 def run(records, vm_of=None, blast=None):
-    changes = []
-    corr = Correlator(window_ns=2000 * MS, vm_of=vm_of, blast_radius=blast,
-                      on_change=changes.append)
-    ids = itertools.count(1)
-
-    def number(event):
-        event.id = next(ids)
-
-    p = Pipeline(EventDecoder({"ras:memory_failure_event": MFE}), stages=[number, classify, corr])
-    events = [p.feed(r) for r in records]
-    corr.expire(10**18)
-    incidents = {c.id: c for c in changes}
-    for event in events:  # follow merges, as a store would
-        while event.incident_id is not None and incidents[event.incident_id].merged_into:
-            event.incident_id = incidents[event.incident_id].merged_into
-    return events, incidents
+    return chains.run(records, EventDecoder({"ras:memory_failure_event": MFE}), vm_of, blast)
 
 
 def test_host_sea_on_a_user_page_is_one_incident():
@@ -134,12 +119,7 @@ def test_guest_sea_not_claimed_injects_a_vserror_contained_to_the_vm():
                 esr_el2=0x93800017, **vmm),
            make("apei_claim_sea", "call", clk(), rf={"return", "no_regs"}, regs=0, ret=-2, **vmm),
            make("kvm_inject_vabt", "call", clk(), vcpu=1, **vmm)]
-    seen = []
-
-    def vm_of(tgid, tid, comm):
-        seen.append((tgid, tid, comm))
-        return {"name": "vm1", "tgid": tgid, "vcpu": 0, "how": "test"}
-
+    vm_of, seen = recording_vm_of()
     events, incidents = run(seq, vm_of=vm_of)
     assert len({e.incident_id for e in events}) == 1
     inc = incidents[events[0].incident_id]

@@ -8,21 +8,20 @@ the sender, the fields (pid, comm) are the target thread.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 
 from rasd.classify.severity import classify
-from rasd.correlate.incidents import PAGE_SHIFT, Correlator
+from rasd.correlate.incidents import PAGE_SHIFT
 from rasd.decode.event import EventDecoder
 from rasd.encode import cper as enc
-from rasd.pipeline import Pipeline
 from rasd.sources.bpf_loader import tp_instance
 from rasd.sources.probes import BY_NAME
 from rasd.sources.records import Record
 
-from chains import MS, Clock, ghes, make
+import chains
+from chains import MS, Clock, ghes, make, recording_vm_of
 from rasd.sources.replay import encode_trace_entry
 from rasd.sources.tracefs import parse_format
 
@@ -67,21 +66,7 @@ def decoder(fmt=HOST) -> EventDecoder:
 
 
 def run(records, vm_of=None):
-    changes = []
-    corr = Correlator(window_ns=2000 * MS, vm_of=vm_of, on_change=changes.append)
-    ids = itertools.count(1)
-
-    def number(event):
-        event.id = next(ids)
-
-    p = Pipeline(decoder(), stages=[number, classify, corr])
-    events = [p.feed(r) for r in records]
-    corr.expire(10**18)
-    incidents = {c.id: c for c in changes}
-    for event in events:  # follow merges, as a store would
-        while event.incident_id is not None and incidents[event.incident_id].merged_into:
-            event.incident_id = incidents[event.incident_id].merged_into
-    return events, incidents
+    return chains.run(records, decoder(), vm_of)
 
 
 # --- the format and the program the loader generates from it ----------------------------
@@ -232,12 +217,7 @@ def test_guest_sea_chain_ends_in_sigbus_to_the_vcpu_thread():
            make("memory_failure", "call", clk(), rf={"return"}, pfn=pa >> PAGE_SHIFT, flags=2,
                 ret=0, **vmm),
            sigbus(clk(), 4243, "CPU 0/KVM", BUS_MCEERR_AR)]
-    seen = []
-
-    def vm_of(tgid, tid, comm):
-        seen.append((tgid, tid, comm))
-        return {"name": "vm1", "tgid": tgid, "vcpu": 0, "how": "test"}
-
+    vm_of, seen = recording_vm_of()
     events, incidents = run(seq, vm_of=vm_of)
     assert len({e.incident_id for e in events}) == 1
     inc = incidents[events[0].incident_id]
