@@ -186,11 +186,21 @@ def _memory_failure_queue(event: Event, flags: frozenset) -> None:
     event.fields["flag_names"] = flag_list(event.fields.get("flags", 0), MF_FLAGS)
 
 
+def _esr64(value: int) -> Any:
+    """Decode a register value as ESR_ELx (BPF ships it as a u64; a signed read wraps)."""
+    return esr.decode_esr(value & (1 << 64) - 1)
+
+
+def _serror_syndrome(iss: int) -> Any:
+    """The EC 0x2F (SError) syndrome with this ISS, as disr_to_esr() and the vSError
+    injection build it: IL set, ISS[24:0]."""
+    return esr.decode_esr(0x2F << 26 | 1 << 25 | iss & 0x1FFFFFF)
+
+
 def _vcpu_esr(event: Event, flags: frozenset, esr_value: int | None) -> None:
     if esr_value is not None and "vcpu_fault" in flags:
-        event.esr = esr.decode_esr(esr_value & (1 << 64) - 1)
-    for name in ("vcpu",):
-        event.fields.pop(name, None)
+        event.esr = _esr64(esr_value)
+    event.fields.pop("vcpu", None)
 
 
 def _handle_exit_early(event: Event, flags: frozenset) -> None:
@@ -203,7 +213,7 @@ def _handle_exit_early(event: Event, flags: frozenset) -> None:
     if f["serror_pending"] and "disr_el1" in f and "vcpu_fault" in flags:
         disr = f["disr_el1"]
         iss = disr & 0x1FFFFFF if disr >> 24 & 1 else disr & 0x1FFF
-        event.esr = esr.decode_esr(0x2F << 26 | 1 << 25 | iss)
+        event.esr = _serror_syndrome(iss)
     else:
         _vcpu_esr(event, flags, f.get("esr_el2"))
     f.pop("vcpu", None)
@@ -219,7 +229,7 @@ def _vserror(event: Event, flags: frozenset) -> None:
     f = event.fields
     f["via"] = event.source
     if "esr" in f:  # kvm_inject_serror_esr: the syndrome the guest will see
-        event.esr = esr.decode_esr(0x2F << 26 | 1 << 25 | (f["esr"] & 0x1FFFFFF))
+        event.esr = _serror_syndrome(f["esr"])
     f.pop("vcpu", None)
 
 
@@ -233,7 +243,7 @@ def _host_serror(event: Event, flags: frozenset) -> None:
     if "fatal" in f:
         f["fatal"] = bool(f["fatal"])
     if "esr" in f:
-        event.esr = esr.decode_esr(f["esr"] & (1 << 64) - 1)
+        event.esr = _esr64(f["esr"])
 
 
 def _do_sea(event: Event, flags: frozenset) -> None:
@@ -242,7 +252,7 @@ def _do_sea(event: Event, flags: frozenset) -> None:
     f["origin"] = "host_user" if "user" in flags else "host_kernel"
     f.pop("regs", None)
     if "esr" in f:
-        event.esr = esr.decode_esr(f["esr"] & (1 << 64) - 1)
+        event.esr = _esr64(f["esr"])
 
 
 def _tp_arm_event(event: Event, flags: frozenset) -> None:
