@@ -332,7 +332,7 @@ class Daemon:
         self.suppressed[kind] += 1
 
     def _first_copy(self, rec) -> bool:
-        fmt = self.pipeline.decoder._format_for(rec.probe)
+        fmt = self.pipeline.decoder.format_for(rec.probe)
         return fmt is None or self.instance.offer_bpf(rec, fmt)
 
     # --- signals, reload, stop -------------------------------------------------------------

@@ -87,7 +87,7 @@ class EventDecoder:
         return event
 
     def _decode_tracepoint(self, rec: Any, event: Event) -> None:
-        fmt = self._format_for(rec.probe)
+        fmt = self.format_for(rec.probe)
         if fmt is None:
             event.decode_error = f"no tracefs format known for {rec.probe}"
             return
@@ -96,7 +96,8 @@ class EventDecoder:
         event.fields.update(fields)
         event.fields["_symbols"] = self._symbol_tables(fmt)
 
-    def _format_for(self, probe: str) -> Any:
+    def format_for(self, probe: str) -> Any:
+        """The tracefs format a probe's tracepoint records are laid out by (None: unknown)."""
         # the probe table says which event a probe reads (sigbus <- signal:signal_generate)
         spec = BY_NAME.get(probe)
         for key in spec.events if spec else ():
