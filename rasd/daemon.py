@@ -71,8 +71,8 @@ class Daemon:
             "kmsg": lambda: self.kmsg.lost() if self.kmsg else None}
         j = cfg["journal"]
         self.alerts = JournalAlerts(j["rate_limit_per_key"], j["rate_limit_interval_s"],
-                                    j["enabled"], on_suppressed=self._on_suppressed)
-        self.suppressed = Counter()
+                                    j["enabled"], on_outcome=self._on_alert)
+        self.alert_outcomes: Counter[tuple[str, str]] = Counter()
         self.metrics_error: str | None = None
         self.store = self._open_store()
         sinks = [self.metrics, LogSink()] + ([self.store] if self.store is not None else [])
@@ -328,8 +328,9 @@ class Daemon:
         if incident.closed and incident.merged_into is None:
             self.incidents_seen += 1
 
-    def _on_suppressed(self, kind: str) -> None:
-        self.suppressed[kind] += 1
+    def _on_alert(self, kind: str, outcome: str) -> None:
+        self.alert_outcomes[kind, outcome] += 1
+        self.metrics.alert(kind, outcome)
 
     def _first_copy(self, rec) -> bool:
         fmt = self.pipeline.decoder.format_for(rec.probe)
@@ -419,9 +420,16 @@ class Daemon:
                                  "events": self.kmsg.events, "lost": self.kmsg.lost()}},
                 "incidents": self.incidents_seen,
                 "store": self.store.status() if self.store is not None else None,
-                "alerts": {"sent": self.alerts.sent, "suppressed": dict(self.suppressed)},
+                "alerts": self._alert_status(),
                 "metrics": self.metrics_error or "ok",
                 "notes": self.notes}
+
+    def _alert_status(self) -> dict:
+        """Alerts by outcome (sent / suppressed / stderr), each split by alert kind."""
+        by_outcome: dict[str, dict[str, int]] = {}
+        for (kind, outcome), n in sorted(self.alert_outcomes.items()):
+            by_outcome.setdefault(outcome, {})[kind] = n
+        return by_outcome
 
 
 def _format_text(key: str) -> str:

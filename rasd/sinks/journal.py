@@ -49,16 +49,17 @@ class JournalAlerts:
 
     def __init__(self, rate_limit: int = 5, interval_s: float = 600, enabled: bool = True,
                  send: Callable[..., None] | None = None,
-                 on_suppressed: Callable[[str], None] | None = None) -> None:
+                 on_outcome: Callable[[str, str], None] | None = None) -> None:
         self.rate_limit = rate_limit
         self.interval_s = interval_s
         self.enabled = enabled
         self.send = send or _sender()
-        self.on_suppressed = on_suppressed
+        self.on_outcome = on_outcome or (lambda kind, outcome: None)
         self.recent: dict[str, deque[float]] = defaultdict(deque)
         self.suppressed: dict[str, int] = defaultdict(int)
         self.alerted: set[int] = set()
         self.sent = 0
+        self.send_failures = 0
 
     def incident(self, incident: Incident) -> None:
         if not self.enabled or incident.merged_into is not None or incident.id in self.alerted:
@@ -72,11 +73,23 @@ class JournalAlerts:
         key = alert_key(incident)
         if not self._allow(key):
             self.suppressed[key] += 1
-            if self.on_suppressed is not None:
-                self.on_suppressed(incident.kind)
+            self.on_outcome(incident.kind, "suppressed")
             return
-        self.send(**self.fields(incident, self.suppressed.pop(key, 0)))
+        fields = self.fields(incident, self.suppressed.pop(key, 0))
+        try:
+            self.send(**fields)
+        except OSError as exc:
+            # journald restarting or gone (ECONNREFUSED, EAGAIN when its queue is full): the
+            # alert still reaches the daemon's stderr, which the unit hands to journald later.
+            self.send_failures += 1
+            if self.send_failures == 1 or self.send_failures % 1000 == 0:
+                log.warning("journald refused an alert (%s); %d alert(s) went to stderr",
+                            exc, self.send_failures)
+            _to_stderr(**fields)
+            self.on_outcome(incident.kind, "stderr")
+            return
         self.sent += 1
+        self.on_outcome(incident.kind, "sent")
 
     def _allow(self, key: str) -> bool:
         now = time.monotonic()

@@ -83,6 +83,10 @@ class Metrics:
                                  ["vm", "kind"], registry=r)
         self.decode_errors = Counter("rasd_decode_errors_total", "Events whose bytes did not "
                                      "decode (kept raw)", ["source"], registry=r)
+        self.alerts = Counter("rasd_alerts_total", "Incident alerts by alert kind and outcome "
+                              "(sent to journald, suppressed by the rate limit, or written to "
+                              "stderr because journald refused them)", ["kind", "outcome"],
+                              registry=r)
         self.bert = Counter("rasd_bert_records_total", "Boot error records (previous boot) by "
                             "severity", ["severity"], registry=r)
         self.actions = Counter("rasd_actions_total", "Predictive-failure actions", ["action",
@@ -127,6 +131,9 @@ class Metrics:
         self.incidents.labels(incident.kind, incident.severity, scope).inc()
         if incident.vm and incident.vm.get("name"):
             self.vm_errors.labels(self.vm_label(incident.vm["name"]), incident.kind).inc()
+
+    def alert(self, kind: str, outcome: str) -> None:
+        self.alerts.labels(kind, outcome).inc()
 
     def set_probes(self, table: Iterable[dict]) -> None:
         self.probe_state.clear()

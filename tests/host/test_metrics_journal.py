@@ -234,3 +234,26 @@ def test_catalog_covers_every_alert_kind_and_journalctl_reads_it(tmp_path):
                              MESSAGE_IDS["unlocatable_memory_corruption"]],
                             capture_output=True, text=True, timeout=60).stdout
     assert "drain the host" in dumped
+
+
+def test_alert_survives_a_journald_that_refuses(tmp_path, capsys):
+    """A journald restarting leaves its socket file with nobody behind it: the kernel refuses
+    the datagram. The alert goes to stderr instead, is counted, and the next one is tried."""
+    stale = tmp_path / "socket"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(stale))
+    listener.close()  # the file stays, nobody reads it
+
+    def send_to_stale(**fields):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(f"MESSAGE={fields['MESSAGE']}".encode(), str(stale))
+
+    outcomes = []
+    alerts = JournalAlerts(send=send_to_stale, on_outcome=lambda k, o: outcomes.append((k, o)))
+    for i in range(2):
+        alerts.incident(incident(0x100 + i, kind="uncorrected_memory", severity="uncorrected",
+                                 location={"node": 0, "module": i}))
+    assert alerts.send_failures == 2 and alerts.sent == 0
+    assert outcomes == [("uncorrected_memory", "stderr")] * 2
+    err = capsys.readouterr().err
+    assert err.count("rasd alert <3>") == 2 and "module=1" in err
