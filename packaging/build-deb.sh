@@ -20,6 +20,7 @@
 #   /etc/rasd/rasd.toml                          conffile, generated from rasd/config.py
 #   /usr/share/rasd/bpf/                         eBPF C sources compiled by bcc at start
 #   /usr/share/rasd/systemd/page-offline.conf    opt-in drop-in (CAP_SYS_ADMIN)
+#   /usr/share/rasd/systemd/kernel-log.conf      opt-in drop-in (/dev/kmsg, lockdown=confidentiality)
 #   /usr/lib/systemd/catalog/rasd.catalog        journal message catalog
 #   /usr/share/rasd/prometheus/rasd-alerts.yml   alert rules
 #   /usr/share/rasd/grafana/rasd.json            dashboard
@@ -71,6 +72,7 @@ done
 # --- systemd unit, drop-in example, config, bpf sources
 install -D -m 644 packaging/rasd.service "$ST/lib/systemd/system/rasd.service"
 install -D -m 644 packaging/debian/page-offline.conf "$ST/usr/share/rasd/systemd/page-offline.conf"
+install -D -m 644 packaging/debian/kernel-log.conf "$ST/usr/share/rasd/systemd/kernel-log.conf"
 mkdir -p "$ST/etc/rasd"
 "$PY" scripts/gen-config.py --stdout > "$ST/etc/rasd/rasd.toml"   # always SCHEMA's
 chmod 644 "$ST/etc/rasd/rasd.toml"

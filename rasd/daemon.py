@@ -173,8 +173,12 @@ class Daemon:
         try:
             self.kmsg = KmsgSource(self.cfg["daemon"]["state_dir"]).open()
         except OSError as exc:
-            self.notes.append(f"/dev/kmsg unavailable: {exc}")
-            log.error("/dev/kmsg unavailable: %s", exc)
+            # Under systemd the stock unit hides the kernel log (ProtectKernelLogs=yes);
+            # only confidentiality-locked hosts need it, and they opt in with the drop-in.
+            self.notes.append(f"/dev/kmsg unavailable: {exc}; under lockdown=confidentiality "
+                              f"it is rasd's only live source: install {KERNEL_LOG_DROPIN} "
+                              "as a drop-in of rasd.service")
+            log.error("%s", self.notes[-1])
             return
         n = self.kmsg.drain(self.pipeline.feed_event, flush=True)
         log.info("kmsg: %d RAS line group(s) since the last cursor", n)
@@ -430,6 +434,9 @@ class Daemon:
         for (kind, outcome), n in sorted(self.alert_outcomes.items()):
             by_outcome.setdefault(outcome, {})[kind] = n
         return by_outcome
+
+
+KERNEL_LOG_DROPIN = "/usr/share/rasd/systemd/kernel-log.conf"
 
 
 def _format_text(key: str) -> str:

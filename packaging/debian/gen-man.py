@@ -74,11 +74,13 @@ def main() -> int:
              ".TP\n.I /usr/share/rasd/bpf\neBPF programs, compiled by bcc at start against "
              "the running kernel's headers (/lib/modules/$(uname -r)/build)\n"
              ".TP\n.I /usr/share/rasd/systemd/page-offline.conf\nunit drop-in granting "
-             "CAP_SYS_ADMIN, needed for actions.page_offline = \"on\"\n")
+             "CAP_SYS_ADMIN, needed for actions.page_offline = \"on\"\n"
+             ".TP\n.I /usr/share/rasd/systemd/kernel-log.conf\nunit drop-in letting rasd "
+             "read /dev/kmsg (CAP_SYSLOG), needed under lockdown=confidentiality only\n")
     rasd_extra = (files + ".SH SYSTEMD\nrasd.service runs \\fBrasd\\fR as Type=notify "
                   "with a watchdog, restarts it on failure except after exit status 78 "
-                  "(bad configuration), and confines it to CAP_BPF, CAP_PERFMON and "
-                  "CAP_SYSLOG; see the comments in the unit file.\n"
+                  "(bad configuration), and confines it to CAP_BPF and CAP_PERFMON; see "
+                  "the comments in the unit file.\n"
                   ".SH SEE ALSO\n.BR rasdctl (1),\n.BR systemd.exec (5),\n"
                   ".BR journalctl (1)\n")
     (out / "rasd.8").write_text(page(

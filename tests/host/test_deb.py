@@ -109,6 +109,7 @@ def test_contents(deb):
         "etc/rasd/rasd.toml": "-rw-r--r--",
         "usr/share/rasd/bpf/common.h": "-rw-r--r--",
         "usr/share/rasd/systemd/page-offline.conf": "-rw-r--r--",
+        "usr/share/rasd/systemd/kernel-log.conf": "-rw-r--r--",
         "usr/share/man/man8/rasd.8.gz": "-rw-r--r--",
         "usr/share/man/man1/rasdctl.1.gz": "-rw-r--r--",
         "usr/share/doc/rasd/copyright": "-rw-r--r--",
