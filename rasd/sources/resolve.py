@@ -18,6 +18,7 @@ against real 6.1/6.12 arm64 kernels on an x86 machine.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import platform
 import re
@@ -54,6 +55,9 @@ class KernelView:
     kprobes: bool | None  # kernel kprobe support; None: unknown
     lockdown: str  # "none", "integrity", "confidentiality" or "unknown" (lockdown.py)
     notes: list[str] = field(default_factory=list)
+    # fentry needs ftrace direct calls (BPF trampolines); arm64 has them from 6.4 on, so
+    # Debian's 6.1 arm64 kernel has BTF but no fentry. None: the config is not readable.
+    direct_calls: bool | None = None
 
     # --- construction ------------------------------------------------------
     @classmethod
@@ -75,6 +79,7 @@ class KernelView:
             kprobes=_host_kprobes(tracefs),
             lockdown=lockdown_mod.read_mode(),
             notes=notes,
+            direct_calls=direct_calls(read_kernel_config(platform.release())),
         )
 
     @classmethod
@@ -104,6 +109,7 @@ class KernelView:
             kprobes=True,
             lockdown=lockdown or lockdown_mod.mode_from_text(uname),
             notes=notes,
+            direct_calls=direct_calls(_read_text(d / "config.txt")),
         )
 
     # --- queries ------------------------------------------------------------
@@ -121,6 +127,31 @@ class KernelView:
                     return hits[0]
             elif cand in self.symbols:
                 return cand
+        return None
+
+
+def read_kernel_config(release: str) -> str | None:
+    """The running kernel's build config: Debian's /boot/config-<release>, else
+    /proc/config.gz (CONFIG_IKCONFIG_PROC); None when neither is readable."""
+    text = _read_text(Path("/boot") / f"config-{release}")
+    if text is not None:
+        return text
+    try:
+        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+
+
+def direct_calls(config: str | None) -> bool | None:
+    if config is None:
+        return None
+    return "\nCONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y" in "\n" + config
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
         return None
 
 
@@ -265,9 +296,13 @@ def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False) -> Reso
     if view.blacklist is not None and sym in view.blacklist:
         return Resolution(p.name, BLACKLISTED, _kprobe_kind(p), sym,
                           reason=f"{sym} is in the kprobe blacklist")
-    fentry = bool(p.fentry_fn and view.btf and "." not in sym)
+    fentry = bool(p.fentry_fn and view.btf and "." not in sym and view.direct_calls is not False)
     if p.hot and not fentry and not hot_kprobes:
-        return Resolution(p.name, FAILED, _kprobe_kind(p), sym, reason=HOT_KPROBE_REASON)
+        why = HOT_KPROBE_REASON
+        if p.fentry_fn and view.direct_calls is False:
+            why = ("kernel built without CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS (no fentry); "
+                   + HOT_KPROBE_REASON)
+        return Resolution(p.name, FAILED, _kprobe_kind(p), sym, reason=why)
     if not view.kprobes and not fentry:
         return Resolution(p.name, FAILED, _kprobe_kind(p), sym,
                           reason="kernel has no kprobe support (CONFIG_KPROBES off)")

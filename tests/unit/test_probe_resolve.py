@@ -77,17 +77,20 @@ def test_inlined_kvm_handle_guest_sea_is_missing(kernel):
 
 @pytest.mark.parametrize("kernel", [K61, K612])
 def test_arm64_kernels_resolve_the_rare_paths(kernel):
-    res = by_name(resolve(KernelView.from_fixture(kernel)))
+    view = KernelView.from_fixture(kernel)
+    res = by_name(resolve(view))
     for name in ("apei_claim_sea", "ghes_proc", "ghes_proc_in_irq", "memory_failure",
                  "memory_failure_queue", "kvm_inject_vabt", "do_serror",
-                 "arm64_is_fatal_ras_serror", "arm64_serror_panic", "do_sea",
-                 "handle_exit_early", "kvm_handle_guest_abort"):
+                 "arm64_is_fatal_ras_serror", "arm64_serror_panic", "do_sea"):
         assert res[name].status == PENDING, (name, res[name])
     assert res["kvm_inject_serror_esr"].status == MISSING
     assert res["do_sea"].symbol == "do_sea"
-    # hot paths go to fentry on BTF kernels
-    assert res["handle_exit_early"].fentry and res["handle_exit_early"].kind == "fentry"
-    assert res["kvm_handle_guest_abort"].fentry
+    # hot paths go to fentry where the kernel can do it (6.12; 6.1 arm64 has no direct calls)
+    for name in ("handle_exit_early", "kvm_handle_guest_abort"):
+        r = res[name]
+        assert (r.status, r.fentry) == ((PENDING, True) if view.direct_calls else (FAILED, False))
+    if view.direct_calls:
+        assert res["handle_exit_early"].kind == "fentry"
     assert res["memory_failure"].kind == "kprobe+kretprobe"
     # tracepoints present on both; aer_event and memory_failure_event under ras:
     for name in ("arm_event", "mc_event", "non_standard_event", "aer_event"):
@@ -248,3 +251,32 @@ def test_btf_reader_on_this_kernel():
              {"id": 14, "symbol": "vfs_read", "esr_param": 1},
              {"id": 15, "symbol": "do_sys_openat2.isra.0", "esr_param": 0}]
     assert _esr32_mask(btf, plans) == (1 << 13) | (1 << 15)
+
+
+def test_fentry_predicted_from_the_kernel_config(v61, v612):
+    """Debian 6.1 arm64 has BTF but no ftrace direct calls (arm64 got them in 6.4): fentry
+    cannot attach there, so the hot paths are refused at resolution instead of after a
+    failed attach and a second compile. 6.12 has them."""
+    assert (v61.btf, v61.direct_calls) == (True, False)
+    assert (v612.btf, v612.direct_calls) == (True, True)
+    res61 = by_name(resolve(v61))
+    for name in ("handle_exit_early", "kvm_handle_guest_abort"):
+        assert res61[name].status == FAILED and not res61[name].fentry
+        assert "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS" in res61[name].reason
+    assert by_name(resolve(v612))["kvm_handle_guest_abort"].fentry
+    # the operator's opt-in still turns them into kprobes on 6.1
+    assert by_name(resolve(v61, hot_kprobes=True))["handle_exit_early"].kind == "kprobe"
+    # an unreadable config is not a verdict: fentry is tried, as before
+    unknown = dataclasses.replace(v61, direct_calls=None)
+    assert by_name(resolve(unknown))["handle_exit_early"].fentry
+
+
+def test_kernel_config_read_from_the_host():
+    from rasd.sources.resolve import direct_calls, read_kernel_config
+    import platform
+    config = read_kernel_config(platform.release())
+    if config is None:
+        pytest.skip("neither /boot/config-$(uname -r) nor /proc/config.gz on this host")
+    assert "CONFIG_BPF=y" in config  # bcc works here, so the config must say so
+    assert KernelView.from_host().direct_calls is direct_calls(config)
+    assert direct_calls("# CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is not set\n") is False
