@@ -601,3 +601,25 @@ def test_memory_between_73_and_80_bytes_keeps_the_tail():
     assert rec.sections[0].body.variant == "mem1_legacy"
     assert rec.sections[0].body.extra == b"\xAB\xCD"
     assert encode(rec) == block
+
+
+@pytest.mark.parametrize("declared_delta", [+64, -100])
+def test_arm_section_length_disagreeing_with_the_descriptor_is_reported(declared_delta):
+    """section_length is firmware's second opinion on the section size: when it disagrees
+    with the descriptor, the arrays stay inside the smaller bound and the decode says so."""
+    payload = bytearray(H.arm_section(False))
+    declared = len(payload) + declared_delta
+    struct.pack_into("<I", payload, 8, declared)  # section_length, after bits + 2 counts
+    e0 = H.entry_header(H.G_PROC_ARM, 0, 0x0300, 0x4, 0x01, len(payload),
+                        timestamp=H.TS_Y2K) + bytes(payload)
+    rec = try_decode(H.status_header(0x1 | 1 << 4, 0, 0, len(e0), 0) + e0)
+    body = rec.sections[0].body
+    assert body.length_mismatch
+    assert body.to_dict()["section_length_mismatch"] == {"declared": declared,
+                                                        "available": len(payload)}
+    assert f"section_length {declared} but the descriptor gives {len(payload)}" in \
+        "\n".join(body.describe())
+    if declared_delta > 0:  # longer than what we have: everything still decoded
+        assert len(body.error_info) == 4 and len(body.contexts) == 4
+    else:  # shorter: the declared bound cuts the contexts, and the decode error says where
+        assert rec.error is not None and "context record" in str(rec.error)

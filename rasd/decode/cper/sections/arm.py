@@ -254,6 +254,8 @@ class ArmProcessorSection:
     vendor: bytes = b""
     context_stride: str = "packed"  # or "aligned16"
     type_reading: str = "auto"  # how to_dict reads each error-info type byte
+    # bytes the descriptor gave the section (set when decoding; not part of the content)
+    available: int | None = field(default=None, compare=False)
 
     KIND = "arm_processor"
 
@@ -274,7 +276,16 @@ class ArmProcessorSection:
         d["contexts"] = [c.to_dict() for c in self.contexts]
         d["context_stride"] = self.context_stride
         d["vendor"] = self.vendor.hex()
+        if self.length_mismatch:
+            d["section_length_mismatch"] = {"declared": self.section_length,
+                                            "available": self.available}
         return d
+
+    @property
+    def length_mismatch(self) -> bool:
+        """Firmware's own length disagrees with the descriptor's: the arrays were bounded by
+        the smaller of the two (never read past the section), and the operator should know."""
+        return self.available is not None and self.section_length != self.available
 
     def describe(self) -> list[str]:
         out = [f"MPIDR {self.mpidr:#x}" if self.validation_bits & 1 else "MPIDR not valid",
@@ -290,6 +301,9 @@ class ArmProcessorSection:
             out.append(f"context {i}: {CONTEXT_TYPES.get(c.type, 'invalid')} ({len(c.registers)} bytes)")
         if self.vendor:
             out.append(f"vendor bytes: {len(self.vendor)}")
+        if self.length_mismatch:
+            out.append(f"section_length {self.section_length} but the descriptor gives "
+                       f"{self.available} bytes")
         return out
 
 
@@ -297,6 +311,7 @@ def decode_arm(buf: bytes, off: int, end: int) -> ArmProcessorSection:
     if end - off < HEADER.size:
         raise DecodeError(f"ARM processor section needs {HEADER.size} bytes, has {end - off}", off)
     sec = ArmProcessorSection(*HEADER.unpack_from(buf, off))
+    sec.available = end - off
     # section_length bounds the arrays, but never beyond the bytes we actually have
     limit = min(end, off + sec.section_length) if sec.section_length >= HEADER.size else end
     pos = off + HEADER.size
