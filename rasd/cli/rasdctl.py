@@ -26,7 +26,7 @@ from .. import __version__
 from ..decode import bert as bert_mod
 from ..decode import cper, esr
 from ..decode.errors import DecodeError
-from ..decode.inputs import to_bytes
+from ..decode.inputs import FORMATS, to_bytes
 from . import tables
 from .report import format_record
 
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read BERT (tables directory or region file; default %(const)s)")
     dec.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one "
                      f"per CPU from {PARALLEL_MIN_INPUTS} inputs on, else 1)")
+    dec.add_argument("--input-format", choices=FORMATS, default="auto",
+                     help="how to read each input (default: detect binary, hex or base64)")
     dec.add_argument("--arm-type", choices=("auto", "enum", "bitmask"), default="auto",
                      help="reading of the ARM error-info type byte (default: auto)")
     dec.set_defaults(func=cmd_decode)
@@ -111,6 +113,7 @@ class DecodeOptions:
     json: bool
     raw: bool
     arm_type: str
+    input_format: str = "auto"
 
 
 @dataclass
@@ -130,7 +133,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if not args.files and args.bert is None:
         print("rasdctl decode: give FILE(s), - for stdin, or --bert", file=sys.stderr)
         return EXIT_USAGE
-    opts = DecodeOptions(args.json, args.raw, args.arm_type)
+    opts = DecodeOptions(args.json, args.raw, args.arm_type, args.input_format)
     results = []
     if args.bert is not None:
         results.append(render_bert(args.bert, opts))
@@ -160,7 +163,7 @@ def render_input(job: tuple[str, bytes | None, DecodeOptions]) -> Rendered:
     res = Rendered()
     try:
         raw = data if data is not None else Path(name).read_bytes()
-        blob = to_bytes(raw)[0]
+        blob = to_bytes(raw, opts.input_format)[0]
     except (OSError, ValueError) as exc:
         _input_error(res, name, str(exc), opts)
         return res

@@ -89,3 +89,30 @@ def test_any_binary_with_non_text_bytes_is_kept(data):
 def test_any_bytes_as_hex_round_trip(data, sep):
     text = sep.join(f"{b:02x}" for b in data).encode()
     assert to_bytes(text) == (data, "hex")
+
+
+# base64 that uses only hex-digit characters: 'B' then 'A's sets block_status = 4, 'a' at
+# char 16 sets data_length = 104, and 168 chars decode to 126 bytes: a plausible status block.
+HEXLIKE_B64 = "B" + "A" * 15 + "a" + "A" * 151
+
+
+def test_base64_made_of_hex_digits_reads_as_the_cper_it_encodes():
+    blob, fmt = to_bytes(HEXLIKE_B64.encode())
+    assert fmt == "base64" and blob == base64.b64decode(HEXLIKE_B64)
+    assert int.from_bytes(blob[:4], "little") == 4 and int.from_bytes(blob[12:16], "little") == 104
+    # read as hex it would be block_status 0xaaaaaaba with an absurd data_length: not CPER
+    assert to_bytes(HEXLIKE_B64.encode(), "hex")[1] == "hex"
+
+
+def test_real_hex_stays_hex_even_when_it_is_also_base64():
+    block = BLOCK + b"\0" * (len(BLOCK) % 2)  # trailing padding: GHES buffers have it
+    text = block.hex().encode()
+    assert len(text) % 4 == 0  # a valid base64 length too
+    assert to_bytes(text) == (block, "hex")
+
+
+def test_forced_formats():
+    assert to_bytes(BLOCK.hex().encode(), "base64")[1] == "base64"
+    assert to_bytes(b"QUJD", "binary") == (b"QUJD", "binary")
+    with pytest.raises(ValueError, match="not hex"):
+        to_bytes(b"QUJD", "hex")
