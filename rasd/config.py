@@ -60,7 +60,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, "load the eBPF probes (false: tracefs/kmsg/BERT only)"),
     },
     "tracefs": {
-        "instance": Key(str, "rasd", "tracefs instance that buffers ras:* while rasd is down"),
+        "instance": Key(str, "rasd",
+                        "tracefs instance that buffers ras:* and SIGBUS while rasd is down"),
         "buffer_size_kb": Key(int, 1024, "per-CPU buffer of that instance", _positive),
     },
     "bert": {

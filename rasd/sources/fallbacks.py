@@ -92,7 +92,7 @@ class InstanceSource:
     @staticmethod
     def _record(entry: Any) -> Record:
         pid = int(entry.fields.get("common_pid", 0) or 0)
-        return Record("tp", entry.event, 0, frozenset({"tracefs_instance"}), entry.cpu, pid, pid,
+        return Record("tp", _probe_reading(entry.key, entry.event), 0, frozenset({"tracefs_instance"}), entry.cpu, pid, pid,
                       "", entry.ts_ns, {"entry_len": len(entry.raw),
                                         "captured_len": len(entry.raw)}, entry.raw)
 
@@ -101,6 +101,13 @@ class InstanceSource:
 
     def close(self) -> None:
         self.instance.close()
+
+
+def _probe_reading(key: str, event: str) -> str:
+    """The probe whose records this tracepoint's entries are (sigbus <- signal_generate);
+    the ras:* probes are named after their events."""
+    from .probes import PROBES
+    return next((p.name for p in PROBES if key in p.events), event)
 
 
 class KmsgSource:

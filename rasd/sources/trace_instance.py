@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import logging
 import os
 import re
 import struct
@@ -34,7 +35,10 @@ from pathlib import Path
 from typing import Iterable
 
 from . import lockdown
+from .probes import SIGBUS
 from .tracefs import EventFormat, parse_format
+
+log = logging.getLogger("rasd.tracefs")
 
 DEFAULT_TRACEFS = Path("/sys/kernel/tracing")
 DEFAULT_INSTANCE = "rasd"
@@ -46,7 +50,11 @@ DEFAULT_EVENTS: tuple[str, ...] = (
     "ras:non_standard_event",
     "ras:aer_event",
     "ras:memory_failure_event|memory_failure:memory_failure_event",
+    # the end of a memory-error chain; every signal on the machine passes here, so the
+    # instance keeps only SIGBUS (the kernel filter drops the rest before the buffer)
+    "signal:signal_generate",
 )
+DEFAULT_FILTERS: dict[str, str] = {"signal:signal_generate": f"sig == {SIGBUS}"}
 # ktime_get_mono_fast_ns: the clock bpf_ktime_get_ns() and CLOCK_MONOTONIC use.
 DEFAULT_CLOCK = "mono"
 
@@ -394,6 +402,9 @@ class TraceInstance:
     """A tracefs instance buffering ``events`` with its own ring buffer."""
     name: str = DEFAULT_INSTANCE
     events: Iterable[str] = DEFAULT_EVENTS
+    # "system:event" -> tracefs filter expression. An event whose filter the kernel refuses
+    # is not enabled (unfiltered, a busy event would flood the buffer): it is listed missing.
+    filters: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FILTERS))
     buffer_size_kb: int | None = None  # per CPU; None keeps the kernel's/previous size
     clock: str = DEFAULT_CLOCK
     overwrite: bool | None = None  # None keeps the kernel default (overwrite oldest)
@@ -490,12 +501,28 @@ class TraceInstance:
                 continue
             system, event = key.split(":")
             evdir = self.path / "events" / system / event
+            if not self._set_filter(evdir, self.filters.get(key)):
+                self.missing.append(spec)
+                continue
             if self._read(f"events/{system}/{event}/enable").strip() != "1":
                 (evdir / "enable").write_text("1")
             fmt = parse_format((evdir / "format").read_text(), system, event)
             if fmt.id is not None:
                 self._formats[fmt.id] = fmt
             self.enabled.append(key)
+
+    @staticmethod
+    def _set_filter(evdir: Path, expression: str | None) -> bool:
+        if expression is None:
+            return True
+        try:
+            (evdir / "filter").write_text(expression)
+        except OSError as e:  # EINVAL: a field this kernel's event does not have
+            log.warning("tracefs refused filter %r on %s (%s): event not buffered",
+                        expression, evdir.name, e)
+            (evdir / "enable").write_text("0")
+            return False
+        return True
 
     def _resolve(self, spec: str) -> str | None:
         for alt in spec.split("|"):

@@ -106,14 +106,50 @@ def test_instance_configuration(make_instance) -> None:
 def test_ras_events_enabled_when_present(make_instance) -> None:
     inst = make_instance(events=DEFAULT_EVENTS)
     present = [e for e in ("ras:mc_event", "ras:arm_event", "ras:non_standard_event", "ras:aer_event",
-                           "ras:memory_failure_event", "memory_failure:memory_failure_event")
+                           "ras:memory_failure_event", "memory_failure:memory_failure_event",
+                           "signal:signal_generate")
                if (tracefs / "events" / e.replace(":", "/")).is_dir()]
     assert present, "this host has ras:* events"
     assert sorted(inst.enabled) == sorted(present)
     for key in present:
         assert (inst.path / "events" / key.replace(":", "/") / "enable").read_text().strip() == "1"
     assert len(inst.enabled) + len(inst.missing) == len(DEFAULT_EVENTS)
-    assert inst.drain() == []  # they never fire here
+    assert [e for e in inst.drain() if e.key != "signal:signal_generate"] == []  # never fire here
+
+
+@host_test
+def test_sigbus_buffered_while_down_and_nothing_else_of_signal_generate(make_instance) -> None:
+    """signal_generate sees every signal on the machine: the instance's kernel filter keeps
+    SIGBUS only, so a SIGBUS sent while rasd is down is waiting at start and the
+    SIGCHLD/SIGUSR1 noise never took buffer space."""
+    import signal
+    import subprocess
+    first = make_instance(events=["signal:signal_generate"])
+    assert first.enabled == ["signal:signal_generate"]
+    filt = (first.path / "events/signal/signal_generate/filter").read_text().strip()
+    assert filt == "sig == 7", filt
+    first.drain()
+    state = first.current_loss_state()
+    first.close()  # rasd is down
+    victims = []
+    for sig in (signal.SIGUSR1, signal.SIGBUS, signal.SIGUSR2):
+        child = subprocess.Popen(["sleep", "30"])
+        child.send_signal(sig)
+        child.wait()
+        victims.append(child.pid)
+    again = make_instance(same=True, events=["signal:signal_generate"], loss_state=state)
+    got = [e for e in again.drain() if e.fields.get("pid") in victims]
+    assert [(e.fields["sig"], e.fields["pid"]) for e in got] == [(7, victims[1])]
+    # the daemon's fallback source hands it on as the sigbus probe's record
+    from rasd.sources.fallbacks import _probe_reading
+    assert _probe_reading(got[0].key, got[0].event) == "sigbus"
+
+
+@host_test
+def test_a_filter_the_kernel_refuses_leaves_the_event_off(make_instance) -> None:
+    inst = make_instance(events=[EVENT], filters={EVENT: "no_such_field == 1"})
+    assert inst.enabled == [] and inst.missing == [EVENT]
+    assert (inst.path / "events" / EVENT.replace(":", "/") / "enable").read_text().strip() == "0"
 
 
 @host_test
