@@ -16,6 +16,7 @@ test: setup-test
 bench: setup
 	.venv/bin/python bench/decode.py
 	.venv/bin/python bench/daemon.py
+	.venv/bin/python bench/store.py
 
 deb:
 	packaging/build-deb.sh dist

@@ -64,7 +64,8 @@ class Pipeline:
             stage(event)
         c = self.counters
         c.events[event.kind] += 1
-        c.last_event_wall_ns = max(c.last_event_wall_ns, event.wall_ns)
+        if event.wall_ns > c.last_event_wall_ns:
+            c.last_event_wall_ns = event.wall_ns
         if event.decode_error:
             c.decode_errors += 1
         for sink in self.sinks:

@@ -56,6 +56,13 @@ def cper_verdict(record) -> Verdict:
     """The worst section decides; memory without a valid address is critical."""
     if record is None or record.header is None:
         return "info", "unknown", "no CPER record decoded"
+    verdict = record.derived.get("verdict")  # a storm repeats identical records
+    if verdict is None:
+        verdict = record.derived["verdict"] = _cper_verdict(record)
+    return verdict
+
+
+def _cper_verdict(record) -> Verdict:
     block_sev = record.severity if record.severity in CPER_SEVERITY else 1  # >=4: GHES_SEV_PANIC
     severity, containment = CPER_SEVERITY[block_sev]
     reasons = [f"CPER {CPER_SEVERITY[block_sev][0]} record"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .. import events as ev
@@ -26,10 +26,11 @@ DAY_NS = 24 * 3600 * 10**9
 class Limit:
     threshold: int
     period_ns: int
+    leak_per_ns: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def leak_per_ns(self) -> float:
-        return self.threshold / self.period_ns
+    def __post_init__(self) -> None:
+        # read per event and bucket: a plain attribute, not a property
+        object.__setattr__(self, "leak_per_ns", self.threshold / self.period_ns)
 
 
 DEFAULT_LIMITS = {"page": Limit(50, DAY_NS), "location": Limit(100, DAY_NS),
@@ -46,15 +47,22 @@ class Bucket:
 
     def add(self, now_ns: int, limit: Limit) -> bool:
         """Count one error; True the moment the bucket fills (once, until it drains half)."""
-        elapsed = max(0, now_ns - self.last_ns)
-        self.level = max(0.0, self.level - elapsed * limit.leak_per_ns) + 1
+        level = self.level
+        if now_ns > self.last_ns:  # (no max(): this runs per event and bucket)
+            level -= (now_ns - self.last_ns) * limit.leak_per_ns
+            if level < 0.0:
+                level = 0.0
         self.last_ns = now_ns
-        if self.tripped and self.level < limit.threshold / 2:
+        self.level = level = level + 1
+        if self.tripped and level < limit.threshold / 2:
             self.tripped = False  # hysteresis: re-arm only after it drained
-        if not self.tripped and self.level >= limit.threshold:
+        if not self.tripped and level >= limit.threshold:
             self.tripped = True
             return True
         return False
+
+
+SERROR_KINDS = (ev.SERROR_CHECK, ev.HOST_SERROR)  # thresholds count their CPU
 
 
 class Thresholds:
@@ -71,15 +79,28 @@ class Thresholds:
         self.cpu_of_mpidr = cpu_of_mpidr
         self.buckets: OrderedDict[tuple[str, object], Bucket] = OrderedDict()
         self.tripped: list[Incident] = []
+        # this instance's entry in Record.derived (its keys depend on cpu_of_mpidr)
+        self._memo = ("threshold_keys", object())
 
     def __call__(self, event: Event) -> None:
         if event.severity != "corrected":
             return
-        for scope, key in self._keys(event):
-            if self._bump(scope, key, event.wall_ns):
-                self._trip(scope, key, event)
+        for bkey in self._keys(event):
+            if self._bump(bkey, event.wall_ns):
+                self._trip(*bkey, event)
 
     def _keys(self, event: Event) -> list[tuple[str, object]]:
+        """The (scope, key) buckets the event counts in."""
+        rec = event.cper
+        if rec is not None and "pfn" not in event.fields and event.kind not in SERROR_KINDS:
+            # the keys then follow from the record alone: once per record (see CperCache)
+            keys = rec.derived.get(self._memo)
+            if keys is None:
+                keys = rec.derived[self._memo] = self._read_keys(event)
+            return keys
+        return self._read_keys(event)
+
+    def _read_keys(self, event: Event) -> list[tuple[str, object]]:
         pa, location, mpidr = _where(event)
         keys: list[tuple[str, object]] = []
         pfn = event.fields.get("pfn")
@@ -89,7 +110,7 @@ class Thresholds:
             keys.append(("page", pfn))
         if location:
             keys.append(("location", tuple(sorted(location.items()))))
-        cpu = event.cpu if event.kind in (ev.SERROR_CHECK, ev.HOST_SERROR) else None
+        cpu = event.cpu if event.kind in SERROR_KINDS else None
         if mpidr is not None:
             mapped = self.cpu_of_mpidr(mpidr) if self.cpu_of_mpidr else None
             cpu = mapped if mapped is not None else f"mpidr:{mpidr:#x}"
@@ -97,8 +118,7 @@ class Thresholds:
             keys.append(("cpu", cpu))
         return keys
 
-    def _bump(self, scope: str, key: object, now_ns: int) -> bool:
-        bkey = (scope, key)
+    def _bump(self, bkey: tuple[str, object], now_ns: int) -> bool:
         bucket = self.buckets.get(bkey)
         if bucket is None:
             bucket = self.buckets[bkey] = Bucket(now_ns)
@@ -106,7 +126,7 @@ class Thresholds:
                 self.buckets.popitem(last=False)  # forget the least recently seen
         else:
             self.buckets.move_to_end(bkey)
-        return bucket.add(now_ns, self.limits[scope])
+        return bucket.add(now_ns, self.limits[bkey[0]])
 
     def _trip(self, scope: str, key: object, event: Event) -> None:
         limit = self.limits[scope]
@@ -120,9 +140,7 @@ class Thresholds:
             containment="none_needed", id=next(self.ids),
             summary=f"Predictive failure: {limit.threshold} corrected errors within "
                     f"{hours:g} h on {what}; replace or offline it before it fails uncorrected")
-        if event.id is not None:
-            incident.event_ids.append(event.id)
-        incident.event_kinds.append(event.kind)
+        incident.add_member(event.id, event.kind)
         if scope == "page":
             incident.pfn = key
             incident.phys_addr = key << PAGE_SHIFT

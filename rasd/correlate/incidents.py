@@ -121,8 +121,7 @@ class Correlator:
         for key in self._keys.pop(other.id, ()):
             self.index[key] = survivor.id
             self._keys.setdefault(survivor.id, []).append(key)
-        survivor.event_ids.extend(other.event_ids)
-        survivor.event_kinds.extend(other.event_kinds)
+        survivor.absorb_members(other)
         survivor.first_wall_ns = min(survivor.first_wall_ns, other.first_wall_ns)
         survivor.last_wall_ns = max(survivor.last_wall_ns, other.last_wall_ns)
         for name in ("pfn", "phys_addr", "location", "cpu", "mpidr", "vm", "blast_radius", "esr",
@@ -143,9 +142,7 @@ class Correlator:
 
     def _add(self, incident: Incident, event: Event, keys: list[str]) -> None:
         event.incident_id = incident.id
-        if event.id is not None:
-            incident.event_ids.append(event.id)
-        incident.event_kinds.append(event.kind)
+        incident.add_member(event.id, event.kind)
         incident.first_wall_ns = min(incident.first_wall_ns, event.wall_ns)
         incident.last_wall_ns = max(incident.last_wall_ns, event.wall_ns)
         for key in keys:
@@ -155,6 +152,8 @@ class Correlator:
         if not incident.key:
             incident.key = keys[0]
         evidence = self._state[incident.id]
+        if evidence.repeats(event):
+            return  # the same record again: it can change nothing below
         evidence.absorb(event)
         self._locate(incident, event)
         self._attribute(incident, event)
@@ -192,9 +191,9 @@ class Correlator:
             if event.esr.serror is not None and event.esr.serror.aet is not None:
                 incident.aet = event.esr.serror.aet.name
         if event.cper is not None:
-            for sec in event.cper.sections:
-                if sec.name not in incident.sections:
-                    incident.sections.append(sec.name)
+            for name in cper_where(event.cper)[4]:
+                if name not in incident.sections:
+                    incident.sections.append(name)
         if incident.cpu is None and event.cpu is not None and event.kind in (
                 ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC, ev.HOST_SEA):
             incident.cpu = event.cpu
@@ -223,6 +222,18 @@ class _Evidence:
         self.reasons: list[str] = []
         self.sigbus: list[str] = []  # "SIGBUS to comm[tid] (code)", for the summary
         self.mceerr = False  # a SIGBUS BUS_MCEERR_* is among the events
+        self.summary_inputs: tuple | None = None  # what the incident's summary was made from
+        self.last_cper: tuple | None = None  # the last CPER event absorbed (see repeats)
+
+    def repeats(self, event: Event) -> bool:
+        """Whether the event is its incident's last CPER event again: the same decoded
+        record (the decode stage shares one Record among byte-identical blocks), kind,
+        classification, task and fields. Absorbing, locating and attributing it again
+        would change nothing, and a corrected-error storm is mostly such repeats."""
+        last = self.last_cper
+        return last is not None and last[0] is event.cper and last[1:] == (
+            event.kind, event.severity, event.containment, event.reason, event.task,
+            event.fields)
 
     def merge(self, other: "_Evidence") -> None:
         for name in ("cper", "esr", "other"):
@@ -245,8 +256,7 @@ class _Evidence:
         self.kinds.add(event.kind)
         if event.fields.get("origin") == "guest" or event.kind in (ev.GUEST_SEA, ev.GUEST_SERROR):
             self.guest = True
-        if event.cper is not None and any(isinstance(s.body, MemorySection)
-                                          for s in event.cper.sections):
+        if event.cper is not None and cper_where(event.cper)[3]:
             self.memory = True
         if event.kind == ev.KMSG and any("memory" in str(s.get("section_type", ""))
                                          for s in event.fields.get("sections", ())):
@@ -262,8 +272,11 @@ class _Evidence:
             self.containment = event.containment
         if event.containment == "not_containable":
             self.unlocatable = True
-        if event.reason:
+        if event.reason and event.reason not in self.reasons[-8:]:  # a storm repeats one
             self.reasons.append(event.reason)
+        if event.cper is not None:  # holding the record keeps `is` in repeats() sound
+            self.last_cper = (event.cper, event.kind, event.severity, event.containment,
+                              event.reason, event.task, event.fields)
         if event.kind == ev.SIGBUS:
             f = event.fields
             note = f"SIGBUS to {f.get('target_comm')}[{f.get('target_tid')}] " \
@@ -282,7 +295,11 @@ class _Evidence:
                 incident.disagreements.append(note)
         incident.containment = self.containment
         incident.kind = self.alert_kind()
-        incident.summary = summarize(incident, self)
+        # a storm adds thousands of events that change nothing the summary says
+        inputs = _summary_inputs(incident, self)
+        if inputs != self.summary_inputs:
+            self.summary_inputs = inputs
+            incident.summary = summarize(incident, self)
 
     def alert_kind(self) -> str:
         k = self.kinds
@@ -402,23 +419,7 @@ def _where(event: Event) -> tuple[int | None, dict | None, int | None]:
 def _read_where(event: Event) -> tuple[int | None, dict | None, int | None]:
     pa = location = mpidr = None
     if event.cper is not None:
-        for sec in event.cper.sections:
-            body = sec.body
-            if isinstance(body, MemorySection):
-                if body.physical_addr_valid and pa is None:
-                    pa = body.physical_addr
-                location = location or body.location() or None
-                if body.is_valid("mem_dev_handle") and location is not None:
-                    location = {**location, "dimm_handle": body.mem_dev_handle}
-            elif isinstance(body, ArmProcessorSection):
-                if body.validation_bits & 1:
-                    mpidr = body.mpidr
-                for info in body.error_info:
-                    if info.physical_fault_addr_valid and pa is None and \
-                            "cache" in read_type(info.type, body.type_reading)[0]:
-                        pa = info.physical_fault_addr
-            elif isinstance(body, PcieSection) and body.validation_bits & 0x8:
-                location = location or {"pcie": body.device_id()["bdf"]}
+        pa, location, mpidr = cper_where(event.cper)[:3]
     if event.kind == ev.KMSG:
         for sec in event.fields.get("sections", ()):
             if pa is None and sec.get("physical_address") is not None:
@@ -429,29 +430,43 @@ def _read_where(event: Event) -> tuple[int | None, dict | None, int | None]:
     return pa, location, mpidr
 
 
+def cper_where(record: Any) -> tuple:
+    """(physical address, memory location, MPIDR, has a memory section, section names) of
+    a CPER record; computed once per record (a storm's identical records are one shared
+    object, see CperCache). Shared: never modify the location dict."""
+    where = record.derived.get("where")
+    if where is None:
+        where = record.derived["where"] = _read_cper_where(record)
+    return where
+
+
+def _read_cper_where(record: Any) -> tuple:
+    pa = location = mpidr = None
+    memory = False
+    for sec in record.sections:
+        body = sec.body
+        if isinstance(body, MemorySection):
+            memory = True
+            if body.physical_addr_valid and pa is None:
+                pa = body.physical_addr
+            location = location or body.location() or None
+            if body.is_valid("mem_dev_handle") and location is not None:
+                location = {**location, "dimm_handle": body.mem_dev_handle}
+        elif isinstance(body, ArmProcessorSection):
+            if body.validation_bits & 1:
+                mpidr = body.mpidr
+            for info in body.error_info:
+                if info.physical_fault_addr_valid and pa is None and \
+                        "cache" in read_type(info.type, body.type_reading)[0]:
+                    pa = info.physical_fault_addr
+        elif isinstance(body, PcieSection) and body.validation_bits & 0x8:
+            location = location or {"pcie": body.device_id()["bdf"]}
+    return pa, location, mpidr, memory, tuple(dict.fromkeys(s.name for s in record.sections))
+
+
 def summarize(incident: Incident, evidence: _Evidence) -> str:
     """One line a person can act on."""
-    what = {
-        "unlocatable_memory_corruption": "Unlocatable memory corruption (uncorrected, no valid "
-                                         "physical address)",
-        "boot_error_record": "Hardware error recorded in the previous boot (BERT)",
-        "guest_sea": "Guest synchronous external abort",
-        "guest_serror": "Guest SError",
-        "host_serror": "Host SError",
-        "host_sea": "Synchronous external abort",
-        "virtual_serror": "Virtual SError injected into a guest (not RAS-driven: emulation or "
-                          "user space)",
-        "hwpoison": "Page poisoned (memory_failure)",
-        "pcie_error": "PCIe error",
-        "processor_error": "ARM processor error",
-        "vendor_error": "Vendor-specific hardware error",
-        "corrected_memory": "Corrected memory error",
-        "uncorrected_memory": "Uncorrected memory error",
-        "hardware_error": "Hardware error",
-        "memory_error_sigbus": "Memory error signalled to a task (SIGBUS BUS_MCEERR)",
-        "sigbus": "SIGBUS (not a hardware error)",
-    }.get(incident.kind, incident.kind)
-    parts = [what]
+    parts = [ALERT_TITLES.get(incident.kind, incident.kind)]
     if incident.phys_addr is not None:
         parts.append(f"at PA {incident.phys_addr:#x}")
     elif incident.pfn is not None:
@@ -473,3 +488,33 @@ def summarize(incident: Incident, evidence: _Evidence) -> str:
     if incident.disagreements:
         line += f"; {incident.disagreements[0]}"
     return line
+
+
+def _summary_inputs(incident: Incident, evidence: _Evidence) -> tuple:
+    """What summarize() reads, cheaply: lists by length (they are only appended to);
+    dicts as they are (they are replaced, never modified in place)."""
+    return (incident.kind, incident.severity, incident.containment, incident.phys_addr,
+            incident.pfn, incident.location, incident.cpu, incident.vm, incident.blast_radius,
+            len(incident.disagreements), len(evidence.sigbus))
+
+
+ALERT_TITLES = {
+    "unlocatable_memory_corruption": "Unlocatable memory corruption (uncorrected, no valid "
+                                     "physical address)",
+    "boot_error_record": "Hardware error recorded in the previous boot (BERT)",
+    "guest_sea": "Guest synchronous external abort",
+    "guest_serror": "Guest SError",
+    "host_serror": "Host SError",
+    "host_sea": "Synchronous external abort",
+    "virtual_serror": "Virtual SError injected into a guest (not RAS-driven: emulation or "
+                      "user space)",
+    "hwpoison": "Page poisoned (memory_failure)",
+    "pcie_error": "PCIe error",
+    "processor_error": "ARM processor error",
+    "vendor_error": "Vendor-specific hardware error",
+    "corrected_memory": "Corrected memory error",
+    "uncorrected_memory": "Uncorrected memory error",
+    "hardware_error": "Hardware error",
+    "memory_error_sigbus": "Memory error signalled to a task (SIGBUS BUS_MCEERR)",
+    "sigbus": "SIGBUS (not a hardware error)",
+}

@@ -55,6 +55,35 @@ def flag_list(value: int, names: dict[int, str]) -> list[str]:
     return [name for bit, name in names.items() if value & bit]
 
 
+class CperCache:
+    """Decoded CPER records by their exact bytes, most recent ``size`` kept.
+
+    A corrected-error storm repeats the same status block for the same page over and
+    over; decoding it once and handing the same ``Record`` to every event with those
+    bytes saves the decode and lets later stages keep what they derive from it in
+    ``Record.derived``. Only byte-identical input hits: a block that differs anywhere
+    (a timestamp, a count) is decoded on its own. Records handed out are shared, so
+    nothing downstream may modify one.
+    """
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size  # ~1 kB a record: a couple of MB at most
+        self._records: dict[bytes, Any] = {}
+        self.hits = self.misses = 0
+
+    def decode(self, raw: bytes) -> Any:
+        rec = self._records.get(raw)
+        if rec is not None:
+            self.hits += 1
+            return rec
+        self.misses += 1
+        rec = cper.try_decode(raw)
+        if len(self._records) >= self.size:
+            del self._records[next(iter(self._records))]  # the oldest insertion
+        self._records[raw] = rec
+        return rec
+
+
 class EventDecoder:
     """Turns source records into Events.
 
@@ -68,13 +97,15 @@ class EventDecoder:
         self.wall_offset_ns = wall_offset_ns
         self._symbols: dict[str, dict[str, dict[int, str]]] = {}
         self.errors = 0
+        self.cper_cache = CperCache()
+        self.handlers = {**HANDLERS, "ghes_do_proc": ghes_handler(self.cper_cache.decode)}
 
     def decode(self, rec: Any) -> Event:
         event = Event(kind=rec.probe, source=rec.probe, wall_ns=rec.ktime_ns + self.wall_offset_ns,
                       mono_ns=rec.ktime_ns, cpu=rec.cpu, task=Task(rec.tgid, rec.tid, rec.comm),
                       fields=dict(rec.fields), raw=bytes(rec.blob),
                       truncated="truncated" in rec.flags)
-        handler = HANDLERS.get(rec.probe)
+        handler = self.handlers.get(rec.probe)
         try:
             if rec.kind == "tp":
                 self._decode_tracepoint(rec, event)
@@ -133,18 +164,23 @@ def print_symbolic_tables(print_fmt: str) -> dict[str, dict[int, str]]:
 
 # --- one handler per probe -------------------------------------------------------------
 
-def _ghes(event: Event, flags: frozenset) -> None:
-    event.kind = ev.GHES
-    f = event.fields
-    f["notify"] = NOTIFY_TYPES.get(f.get("notify_type"), "unknown")
-    for ptr in ("ghes", "estatus"):  # kernel pointers: no use downstream, don't leak them
-        f.pop(ptr, None)
-    rec = cper.try_decode(event.raw) if event.raw else None
-    event.cper = rec
-    if rec is None:
-        event.decode_error = "no status block bytes captured"
-    elif rec.error is not None and not (event.truncated and rec.error.offset >= len(event.raw)):
-        event.decode_error = str(rec.error)
+def ghes_handler(decode_cper: Callable[[bytes], Any]) -> Callable[[Event, frozenset], None]:
+    """The ghes_do_proc handler, decoding the status block with ``decode_cper``
+    (``cper.try_decode``, or an EventDecoder's CperCache)."""
+    def handler(event: Event, flags: frozenset) -> None:
+        event.kind = ev.GHES
+        f = event.fields
+        f["notify"] = NOTIFY_TYPES.get(f.get("notify_type"), "unknown")
+        for ptr in ("ghes", "estatus"):  # kernel pointers: no use downstream, don't leak them
+            f.pop(ptr, None)
+        rec = decode_cper(event.raw) if event.raw else None
+        event.cper = rec
+        if rec is None:
+            event.decode_error = "no status block bytes captured"
+        elif rec.error is not None and not (event.truncated
+                                            and rec.error.offset >= len(event.raw)):
+            event.decode_error = str(rec.error)
+    return handler
 
 
 def _ghes_read(event: Event, flags: frozenset) -> None:
@@ -176,6 +212,11 @@ def _sea_notify(event: Event, flags: frozenset) -> None:
 def _memory_failure(event: Event, flags: frozenset) -> None:
     event.kind = ev.MEMORY_FAILURE
     f = event.fields
+    if "no_entry" in flags:
+        # only the return was seen: pfn and flags are unknown, not 0 (page 0 is a real page)
+        f.pop("pfn", None)
+        f.pop("flags", None)
+        f["entry_missed"] = True
     f["flag_names"] = flag_list(f.get("flags", 0), MF_FLAGS)
     f["action_required"] = bool(f.get("flags", 0) & MF_ACTION_REQUIRED)
     if "ret" in f:
@@ -229,7 +270,7 @@ def _vserror(event: Event, flags: frozenset) -> None:
     event.kind = ev.VSERROR_INJECTED
     f = event.fields
     f["via"] = event.source
-    if "esr" in f:  # kvm_inject_serror_esr: the syndrome the guest will see
+    if "esr" in f:  # kvm_inject_serror_esr / kvm_set_sei_esr: the syndrome the guest sees
         event.esr = _serror_syndrome(f["esr"])
     f.pop("vcpu", None)
 
@@ -332,7 +373,7 @@ def _tp_plain(kind: str) -> Callable[[Event, frozenset], None]:
 
 
 HANDLERS: dict[str, Callable[[Event, frozenset], None]] = {
-    "ghes_do_proc": _ghes,
+    "ghes_do_proc": ghes_handler(cper.try_decode),
     "ghes_proc": _ghes_read,
     "ghes_proc_in_irq": _ghes_irq_work,
     "apei_claim_sea": _apei_claim_sea,
@@ -344,6 +385,7 @@ HANDLERS: dict[str, Callable[[Event, frozenset], None]] = {
     "kvm_handle_guest_sea": _guest_sea,
     "kvm_inject_vabt": _vserror,
     "kvm_inject_serror_esr": _vserror,
+    "kvm_set_sei_esr": _vserror,
     "do_serror": _host_serror,
     "arm64_is_fatal_ras_serror": _host_serror,
     "arm64_serror_panic": _host_serror,

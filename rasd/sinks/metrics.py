@@ -63,6 +63,13 @@ class Metrics:
                  registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # per-event counts wait here and reach the counters at scrape time (this
+        # collector is registered first, so a scrape collects them after it ran)
+        self._pending: dict[tuple, int] = {}  # (metric, label values) -> count
+        self._last_event_s: float | None = None
+        self._pending_lock = threading.Lock()
+        self._children: dict[tuple, Any] = {}
+        r.register(_PendingCollector(self))
         Gauge("rasd_build_info", "rasd build information", ["version", "python_version"],
               registry=r).labels(__version__, platform.python_version()).set(1)
         self.events = Counter("rasd_events_total", "RAS events received, by source probe, "
@@ -109,16 +116,43 @@ class Metrics:
     # --- sink -------------------------------------------------------------------------------
     def handle(self, event: Event) -> None:
         severity = event.severity or "info"
-        self.events.labels(_source(event), event.kind, severity).inc()
-        if event.wall_ns:
-            self.last_event.set(event.wall_ns / 1e9)
-        if event.decode_error:
-            self.decode_errors.labels(_source(event)).inc()
-        for handler in _EVENT_METRICS.get(event.kind, ()):
-            handler(self, event, severity)
+        with self._pending_lock:
+            self.count(self.events, _source(event), event.kind, severity)
+            if event.wall_ns:
+                self._last_event_s = event.wall_ns / 1e9
+            if event.decode_error:
+                self.count(self.decode_errors, _source(event))
+            for handler in _EVENT_METRICS.get(event.kind, ()):
+                handler(self, event, severity)
+
+    def count(self, metric: Any, *labels: str) -> None:
+        """One more for ``metric{labels}``, applied at the next scrape (apply_pending):
+        prometheus_client's labels() and inc() validate and lock on every call, several
+        microseconds per event in a storm. Caller holds _pending_lock."""
+        key = (metric, labels)
+        self._pending[key] = self._pending.get(key, 0) + 1
+
+    def apply_pending(self) -> None:
+        """Bring the counters up to date (a scrape does this first)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            last, self._last_event_s = self._last_event_s, None
+        for (metric, labels), n in pending.items():
+            self.child(metric, *labels).inc(n)
+        if last is not None:
+            self.last_event.set(last)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered (only for metrics whose children are
+        never removed: not probe_state or lockdown)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def flush(self) -> None:
-        pass
+        self.apply_pending()
 
     def close(self) -> None:
         self.stop()
@@ -205,13 +239,22 @@ def memory_location_label(body: MemorySection) -> str:
 def _memory(m: Metrics, event: Event, severity: str) -> None:
     if event.cper is None:
         return
-    for sec in event.cper.sections:
-        if isinstance(sec.body, MemorySection):
-            m.memory.labels(m.location_label(memory_location_label(sec.body)), severity).inc()
+    for text in _memory_labels(event.cper):
+        m.count(m.memory, m.location_label(text), severity)
+
+
+def _memory_labels(record: Any) -> tuple[str, ...]:
+    """The location label of each memory section, once per record (see CperCache)."""
+    labels = record.derived.get("metric_locations")
+    if labels is None:
+        labels = record.derived["metric_locations"] = tuple(
+            memory_location_label(sec.body) for sec in record.sections
+            if isinstance(sec.body, MemorySection))
+    return labels
 
 
 def _bert(m: Metrics, event: Event, severity: str) -> None:
-    m.bert.labels(severity).inc()
+    m.count(m.bert, severity)
 
 
 def _serror(m: Metrics, event: Event, severity: str) -> None:
@@ -220,23 +263,23 @@ def _serror(m: Metrics, event: Event, severity: str) -> None:
     aet = "unknown"
     if event.esr is not None and event.esr.serror is not None:
         aet = event.esr.serror.aet.name if event.esr.serror.aet else "IDS"
-    m.serrors.labels(origin, aet, event.containment or "unknown").inc()
+    m.count(m.serrors, origin, aet, event.containment or "unknown")
 
 
 def _sea(m: Metrics, event: Event, severity: str) -> None:
     claimed = "yes" if event.fields.get("claimed") else "no"
-    m.seas.labels(event.fields.get("origin", "unknown"), claimed).inc()
+    m.count(m.seas, event.fields.get("origin", "unknown"), claimed)
 
 
 def _memory_failure(m: Metrics, event: Event, severity: str) -> None:
     f = event.fields
     if event.kind == ev.MEMORY_FAILURE_EVENT:
-        m.memory_failure.labels(f.get("result_name", "unknown"), f.get("page_type", "unknown")).inc()
+        m.count(m.memory_failure, f.get("result_name", "unknown"), f.get("page_type", "unknown"))
 
 
 def _mc(m: Metrics, event: Event, severity: str) -> None:
     label = event.fields.get("label") or "unknown"
-    m.memory.labels(m.location_label(str(label)), severity).inc()
+    m.count(m.memory, m.location_label(str(label)), severity)
 
 
 _EVENT_METRICS: dict[str, tuple] = {
@@ -249,6 +292,21 @@ _EVENT_METRICS: dict[str, tuple] = {
     ev.MEMORY_FAILURE_EVENT: (_memory_failure,),
     ev.MC_EVENT: (_mc,),
 }
+
+
+class _PendingCollector:
+    """Registered first: applies the per-event counts Metrics.handle kept, so the
+    counters collected after it are current."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        self.metrics.apply_pending()
+        return []
 
 
 class _LiveCollector:

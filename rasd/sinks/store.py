@@ -22,11 +22,24 @@ Design, and why:
   next batch tries again, so writes resume by themselves when space returns. A store
   that fails ``PRAGMA integrity_check`` at open is moved aside (kept, renamed with a
   timestamp) and a fresh one started, with an alert.
+- **The SQLite half on the other core.** With ``writer="process"`` (the daemon's,
+  ``from_config``) each batch goes, as rows, to a writer process (store_writer), which
+  commits it and answers; the counters (``committed_events``, ``lost_events``...) move
+  on its answers, and ``flush()``/``close()``/retention wait for them. ``"inline"``
+  writes in this process (tests, tools).
+- **Small rows.** The ``decoded`` column holds what no column holds (fields, ESR,
+  CPER); a GHES block's decoded CPER is not stored at all but made again from the raw
+  column on read (``StoreReader.decoded``): it was most of a storm's write time and
+  ~1.6 kB of the ~2.1 kB each event took.
+- **Incidents without a row per event.** An open incident whose state did not change
+  is rewritten at most every INCIDENT_REWRITE_S; ``incident_events`` gets only the
+  members an event row does not already name (merges, predictive incidents).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import math
@@ -39,8 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from ..decode import cper
 from ..decode.cper.sections.memory import MemorySection
-from ..events import MC_EVENT, SEVERITY_RANK, Event, Incident
+from ..events import GHES, MC_EVENT, SEVERITY_RANK, Event, Incident
+from .store_writer import (MAX_IN_FLIGHT, WRITER_PRAGMAS, WriterProcess, failure_reason,
+                           is_corruption, rollback, write_batch)
 
 log = logging.getLogger("rasd.store")
 
@@ -48,7 +64,6 @@ DEFAULT_PATH = "/var/lib/rasd/rasd.db"
 PAGE_SHIFT = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
 MINUTE_NS = 60 * 10**9
 INT64_MAX = (1 << 63) - 1
-SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
 RETENTION_CHUNK = 20_000  # rows per retention transaction: bounds the writer's pause
 REOPEN_INTERVAL_S = 30.0  # how often to retry a store that could not be opened
 
@@ -82,7 +97,7 @@ CREATE TABLE events (
     pfn INTEGER,
     phys_addr INTEGER,
     location TEXT,                  -- memory location down to the rank, or the DIMM label
-    decoded TEXT NOT NULL,          -- event.to_dict() without raw, JSON
+    decoded TEXT NOT NULL,          -- event.to_dict() without raw, JSON (see event_decoded)
     raw BLOB,
     decode_error TEXT
 );
@@ -193,21 +208,46 @@ def _int64(value: Any) -> int | None:
 def where_in_memory(event: Event) -> tuple[int | None, int | None, str | None]:
     """(pfn, physical address, memory location) from the event's CPER or fields."""
     f = event.fields
+    if event.cper is not None and "pfn" not in f and "phys_addr" not in f and \
+            event.kind != MC_EVENT:
+        return _cper_place(event.cper)  # the record alone decides: once per record
     phys, location = _int64(f.get("phys_addr")), None
     if event.kind == MC_EVENT:  # ras:mc_event: EDAC's physical address and DIMM label
         phys = phys or _int64(f.get("address"))
         location = f.get("label") or None
     if event.cper is not None:
-        for sec in event.cper.sections:
+        cper_phys, cper_location = _cper_memory(event.cper)
+        phys = cper_phys if phys is None else phys
+        location = location or cper_location
+    pfn = _int64(f.get("pfn"))
+    if pfn is None and phys is not None:
+        pfn = phys >> PAGE_SHIFT
+    return pfn, phys, location
+
+
+def _cper_place(record: Any) -> tuple[int | None, int | None, str | None]:
+    place = record.derived.get("store_place")
+    if place is None:
+        phys, location = _cper_memory(record)
+        pfn = None if phys is None else phys >> PAGE_SHIFT
+        place = record.derived["store_place"] = (pfn, phys, location)
+    return place
+
+
+def _cper_memory(record: Any) -> tuple[int | None, str | None]:
+    """(physical address, location text) of a CPER record's memory sections, once per
+    record (the decode stage shares one Record among identical blocks)."""
+    found = record.derived.get("store_memory")
+    if found is None:
+        phys = location = None
+        for sec in record.sections:
             body = sec.body
             if isinstance(body, MemorySection):
                 if phys is None and body.physical_addr_valid:
                     phys = _int64(body.physical_addr)
                 location = location or _location_text(body)
-    pfn = _int64(f.get("pfn"))
-    if pfn is None and phys is not None:
-        pfn = phys >> PAGE_SHIFT
-    return pfn, phys, location
+        found = record.derived["store_memory"] = (phys, location)
+    return found
 
 
 _LOCATION_KEYS = ("node", "card", "module", "rank")
@@ -232,66 +272,102 @@ def vm_name(vm: Any) -> str | None:
     return str(vm) if vm else None
 
 
+# The stored "cper" of an event whose CPER record is what its raw bytes decode to: the
+# decoded form is made from the raw column when read (StoreReader.decoded), not stored.
+# Serialising a decoded record per event was most of a storm's write cost and most of
+# its bytes on disk (~1.6 kB of ~2.1 kB per corrected memory error).
+CPER_FROM_RAW = "from_raw"
+
+
 def event_decoded(event: Event) -> dict:
-    d = event.to_dict()
-    d.pop("raw", None)
-    fields = d.get("fields") or {}
-    if any(k.startswith("_") for k in fields):  # _symbols: per-format tables, not per-event
-        d["fields"] = {k: v for k, v in fields.items() if not k.startswith("_")}
+    """What the ``decoded`` column holds: event.to_dict() less what has a column of its
+    own (id, kind, source, times, CPU, task, classification, incident, decode error, raw
+    bytes), less per-format tables (``_symbols``) and less a CPER record its raw bytes
+    give again. StoreReader.decoded() puts the whole to_dict() back together. (Rows
+    written before held all of to_dict(); the reader takes both.) Built directly and
+    kept small: this runs once per event, and the row's size is the insert's cost."""
+    fields = event.fields
+    if "_symbols" in fields:  # per-format tables (tracepoints), not per-event
+        fields = {k: v for k, v in fields.items() if not k.startswith("_")}
+    d: dict = {"fields": fields, "truncated": event.truncated}
+    if event.esr is not None:
+        d["esr"] = event.esr.to_dict()
+    if event.cper is not None:
+        d["cper"] = CPER_FROM_RAW if cper_in_raw(event) else event.cper.to_dict()
     return d
 
 
-EVENT_COLUMNS = ("id", "kind", "source", "wall_ns", "mono_ns", "cpu", "tgid", "tid", "comm",
-                 "severity", "sev_rank", "containment", "reason", "incident_id", "vm", "pfn",
-                 "phys_addr", "location", "decoded", "raw", "decode_error")
-INSERT_EVENT = (f"INSERT OR REPLACE INTO events ({', '.join(EVENT_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+def cper_in_raw(event: Event) -> bool:
+    """Whether decoding the event's raw bytes gives its CPER record: they are exactly the
+    record's bytes, from offset 0 (a GHES block; not a BERT record found further into
+    the BERT region, whose offset the decoded form keeps)."""
+    rec = event.cper
+    return rec.offset == 0 and bool(rec.raw) and rec.raw == event.raw
 
 
-def event_row(event: Event, vm: str | None) -> tuple:
+class DecodedText:
+    """event_decoded() as JSON text, remembered for GHES events: a storm's differ in
+    nothing it holds (their fields are the GHES source's, their CPER is in the raw
+    column), so one text serves them all. Keyed by the field items, whose types the
+    GHES handler fixes (an int never stands where a bool did)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._texts: dict[tuple, str] = {}
+
+    def __call__(self, event: Event) -> str:
+        if event.kind != GHES or event.esr is not None or \
+                event.cper is not None and not cper_in_raw(event):
+            return _dumps(event_decoded(event))
+        try:
+            key = (tuple(event.fields.items()), event.truncated, event.cper is None)
+            text = self._texts.get(key)
+        except TypeError:  # an unhashable field value
+            return _dumps(event_decoded(event))
+        if text is None:
+            if len(self._texts) >= self.size:
+                self._texts.clear()
+            text = self._texts[key] = _dumps(event_decoded(event))
+        return text
+
+
+def event_row(event: Event, vm: str | None, decoded: Callable[[Event], str] | None = None
+              ) -> tuple:
+    """The events table row (EVENT_COLUMNS); ``decoded`` gives the JSON text (default:
+    event_decoded() encoded)."""
     task = event.task
     pfn, phys, location = where_in_memory(event)
+    text = decoded(event) if decoded is not None else _dumps(event_decoded(event))
     return (event.id, event.kind, event.source, event.wall_ns, event.mono_ns, event.cpu,
             task.tgid if task else None, task.tid if task else None, task.comm if task else None,
             event.severity, SEVERITY_RANK.get(event.severity), event.containment, event.reason,
-            event.incident_id, vm, pfn, phys, location, _dumps(event_decoded(event)),
-            event.raw or None, event.decode_error)
-
-
-INCIDENT_COLUMNS = ("id", "kind", "key", "first_wall_ns", "last_wall_ns", "severity", "sev_rank",
-                    "containment", "summary", "pfn", "phys_addr", "location", "cpu", "mpidr",
-                    "vm", "vm_name", "blast_radius", "disagreements", "event_kinds",
-                    "event_count", "closed", "merged_into")
-UPSERT_INCIDENT = (f"INSERT OR REPLACE INTO incidents ({', '.join(INCIDENT_COLUMNS)}) "
-                   f"VALUES ({', '.join('?' * len(INCIDENT_COLUMNS))})")
+            event.incident_id, vm, pfn, phys, location, text, event.raw or None,
+            event.decode_error)
 
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else _dumps(value)
 
 
-def incident_row(inc: Incident, kinds: Counter | None = None) -> tuple:
-    """``kinds``: the event-kind counts when the caller keeps them (a storm's incident
-    holds thousands of kinds; counting them again at every save is quadratic)."""
-    kinds = Counter(inc.event_kinds) if kinds is None else kinds
+def incident_row(inc: Incident) -> tuple:
+    kinds = inc.kind_counts
     return (inc.id, inc.kind, inc.key, inc.first_wall_ns, inc.last_wall_ns, inc.severity,
             SEVERITY_RANK.get(inc.severity), inc.containment, inc.summary, _int64(inc.pfn),
             _int64(inc.phys_addr), _json_or_none(inc.location), inc.cpu, _int64(inc.mpidr),
             _json_or_none(inc.vm), vm_name(inc.vm), _json_or_none(inc.blast_radius),
             _dumps(list(inc.disagreements)), _dumps(kinds),
-            max(len(inc.event_ids), len(inc.event_kinds)), int(inc.closed),
+            max(len(inc.event_ids), inc.event_count), int(inc.closed),
             getattr(inc, "merged_into", None))
 
 
-def rollup_key(row: tuple) -> tuple:
-    """(minute, kind, sev_rank, cpu, location, pfn) of an event row; NULL -> -1 / ''."""
-    sev, cpu, loc, pfn = row[10], row[5], row[17], row[15]
-    return (row[3] // MINUTE_NS, row[1], -1 if sev is None else sev, -1 if cpu is None else cpu,
-            loc or "", -1 if pfn is None else pfn)
+# How often an open incident whose state did not change is rewritten (_due_incidents).
+INCIDENT_REWRITE_S = 1.0
 
 
-ROLLUP_ADD = ("INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
-              "SET n = n + excluded.n")
+def _state_of(inc: Incident) -> tuple:
+    """What, changed, gets an incident rewritten at once (not its times or counts)."""
+    return (inc.kind, inc.severity, inc.containment, inc.summary, inc.closed, inc.merged_into,
+            inc.vm, inc.blast_radius, len(inc.disagreements), inc.location, inc.pfn, inc.cpu)
 
 
 # --- the writer ---------------------------------------------------------------------------
@@ -305,6 +381,7 @@ class StoreCounters:
     write_errors: int = 0  # failed commits
     retention_deleted: int = 0
     corrupt_moved: int = 0
+    writer_restarts: int = 0  # the writer process died and was started again
     last_committed_event_id: int = 0  # every event up to here that was handed over is in
 
 
@@ -315,7 +392,6 @@ class _Batch:
     rows: list[tuple]
     incident_rows: list[tuple]
     members: list[tuple[int, int]]
-    lengths: dict[int, int]  # incident id -> its event_ids written through this batch
     vms: dict[int, str]  # incident id -> VM name
     closed: list[int]
 
@@ -337,7 +413,7 @@ class Store:
                  retention_interval_s: float = 600, background: bool = False,
                  integrity_check: str = "always",
                  on_alert: Callable[[dict], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, writer: str = "inline") -> None:
         self.path = Path(path)
         self.batch_events = batch_events
         self.batch_s = batch_ms / 1000
@@ -361,7 +437,9 @@ class Store:
         self._incidents: dict[int, Incident] = {}
         self._members_written: dict[int, int] = {}  # incident id -> event_ids already written
         self._vm_by_incident: dict[int, str] = {}
-        self._kinds: dict[int, tuple[Counter, int]] = {}  # incident id -> (counts, kinds seen)
+        self._incident_written: dict[int, tuple[float, tuple]] = {}  # id -> (when, _state_of)
+        self._row_incident: dict[int, int] = {}  # event id -> incident id, for pending rows
+        self._decoded_text = DecodedText()
         self._batch_started = 0.0
         self._failing: str | None = None  # the reason writes fail, while they do
         self._lost_since_alert = 0
@@ -369,6 +447,11 @@ class Store:
         self._next_reopen = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # "process": SQLite writes run in a child process on another core (store_writer)
+        self.writer = writer
+        self._writer: WriterProcess | None = None
+        self._in_flight: deque[_Batch] = deque()  # sent to the writer, not yet answered
+        self.writer_waited_s = 0.0  # blocked on writers since closed (backpressure; bench)
         self._open()
         self._thread = None
         if background:
@@ -378,6 +461,7 @@ class Store:
     @classmethod
     def from_config(cls, cfg: Any, **kw: Any) -> "Store":
         s = cfg["store"]
+        kw.setdefault("writer", "process")
         return cls(store_path(cfg), batch_events=s["batch_events"], batch_ms=s["batch_ms"],
                    retention_days=s["retention_days"], max_size_mb=s["max_size_mb"],
                    retention_interval_s=s["retention_interval_s"],
@@ -393,6 +477,8 @@ class Store:
             self._next_reopen = self.clock() + REOPEN_INTERVAL_S
             self._alert("store_unavailable", f"cannot open the store {self.path}: {exc}")
             return
+        if self._writer is not None:
+            self._point_writer()  # a reopen (a corrupt file moved aside): the new file
         if not self._ids_loaded:
             # once: a reopen (after corruption) keeps counting where this process was
             self._load_ids()
@@ -433,9 +519,7 @@ class Store:
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("cannot switch to WAL")
-            for pragma in ("synchronous = NORMAL", "temp_store = MEMORY",
-                           "journal_size_limit = 67108864", "cache_size = -16384",
-                           "wal_autocheckpoint = 8192"):  # 32 MB: fewer checkpoint fsyncs
+            for pragma in WRITER_PRAGMAS:  # wal_autocheckpoint 32 MB: fewer checkpoint fsyncs
                 conn.execute(f"PRAGMA {pragma}")
             migrate(conn)
         except BaseException:
@@ -487,14 +571,20 @@ class Store:
                 self._reopen()  # before numbering: the file's ids decide what is free
             if event.id is None or event.id < self._id_floor:
                 self._renumber(event)
-            self.next_event_id = max(self.next_event_id, event.id + 1)
-            vm = vm_name(event.fields.get("vm")) or self._vm_by_incident.get(event.incident_id)
-            if not self._rows:
+            eid, iid = event.id, event.incident_id
+            if eid >= self.next_event_id:
+                self.next_event_id = eid + 1
+            vm = event.fields.get("vm")
+            vm = vm_name(vm) if vm else self._vm_by_incident.get(iid)
+            rows = self._rows
+            if not rows:
                 self._batch_started = self.clock()
                 self._wake.set()  # the flusher sleeps until a batch starts
-            self._rows.append(event_row(event, vm))
-            if len(self._rows) >= self.batch_events or self._batch_due():
-                self._commit()
+            rows.append(event_row(event, vm, self._decoded_text))
+            if iid is not None:
+                self._row_incident[eid] = iid
+            if len(rows) >= self.batch_events or self._batch_due():
+                self._commit(force=False)
 
     def _renumber(self, event: Event) -> None:
         """An id below what the store held at open would overwrite a stored event: the
@@ -505,15 +595,14 @@ class Store:
 
     def _renumber_row(self, row: tuple) -> tuple:
         """A row numbered while the file could not be opened, now that its ids are
-        known (the decoded JSON starts with its id: event.to_dict() puts it first)."""
+        known."""
         old = row[0]
         if old >= self._id_floor:
             return row
         self._renumber_alert(old)
         new = self.next_event_id
         self.next_event_id += 1
-        decoded = row[18].replace(f'{{"id":{old},', f'{{"id":{new},', 1)
-        return (new, *row[1:18], decoded, *row[19:])
+        return (new, *row[1:])
 
     def _renumber_alert(self, old: int) -> None:
         if not self._renumbered:
@@ -544,7 +633,15 @@ class Store:
         """Commit a batch that is old enough; run retention when due; retry a lost store."""
         with self._lock:
             if self._batch_due():
-                self._commit()
+                self._commit(force=False)
+                if self._incidents:  # rewrites held back: come back for them
+                    self._batch_started = self.clock()
+                    self._wake.set()
+                # a quiet tail (a storm fills batches by size first): the writer is
+                # idle, waiting for its answer is short and makes "committed" true now
+                self._collect(keep=0)
+            else:
+                self._collect(keep=MAX_IN_FLIGHT)  # book what was answered meanwhile
             self._maybe_retain()
 
     def close(self) -> None:
@@ -554,6 +651,10 @@ class Store:
             self._thread.join(timeout=5)
         with self._lock:
             self._commit()
+            if self._writer is not None:
+                self.writer_waited_s += self._writer.waited_s
+                self._writer.close()  # end of file: it closes its connection and exits
+                self._writer = None
             if self.conn is not None:
                 try:
                     self.conn.execute("PRAGMA optimize")
@@ -581,74 +682,148 @@ class Store:
         return bool(pending) and self.clock() - self._batch_started >= self.batch_s
 
     # --- commit -------------------------------------------------------------------------------
-    def _commit(self) -> None:
-        rows, incidents = self._rows, self._incidents
+    def _commit(self, force: bool = True) -> None:
+        """Write what is pending. ``force=False`` (a batch filled up or came due) may hold
+        back rewrites of open incidents (see _due_incidents); flush/close write all."""
+        rows, incidents, row_incident = self._rows, self._incidents, self._row_incident
         if not rows and not incidents:
+            if force:
+                self._collect(keep=0)
             return
-        self._rows, self._incidents = [], {}
-        self._store_batch(self._prepare(rows, incidents))
+        self._rows, self._incidents, self._row_incident = [], {}, {}
+        now = self.clock()
+        due = incidents if force else self._due_incidents(incidents, now)
+        for iid, inc in incidents.items():
+            if iid not in due:
+                self._incidents.setdefault(iid, inc)
+        self._store_batch(self._prepare(rows, incidents, due, row_incident, now))
+        if force:
+            self._collect(keep=0)  # flush, close, retention: what was handed over is in
 
-    def _prepare(self, rows: list[tuple], incidents: dict[int, Incident]) -> "_Batch":
-        members, lengths = self._pending_members(incidents)
-        inc_rows = [incident_row(i, self._kind_counts(i)) for i in incidents.values()]
-        vms = {iid: name for iid, i in incidents.items() if (name := vm_name(i.vm))}
-        closed = [iid for iid, i in incidents.items() if i.closed]
-        for iid in closed:
-            self._kinds.pop(iid, None)
-        return _Batch(rows, inc_rows, members, lengths, vms, closed)
+    def _due_incidents(self, incidents: dict[int, Incident], now: float) -> dict[int, Incident]:
+        """The incidents to write now. In a storm every event changes its incident (last
+        time, event count), so every batch would rewrite every open incident: about one
+        incident row per event, as costly as the event row. An incident already written
+        whose state (_state_of) did not change is rewritten at most every
+        INCIDENT_REWRITE_S; new, closed, merged or changed ones go at once. So an open
+        incident's row may lag its committed events by that long (a kill -9 then leaves
+        its last time and count that old; the events themselves name their incident)."""
+        due = {}
+        for iid, inc in incidents.items():
+            last = self._incident_written.get(iid)
+            if last is None or inc.closed or now - last[0] >= INCIDENT_REWRITE_S or \
+                    last[1] != _state_of(inc):
+                due[iid] = inc
+        return due
 
-    def _pending_members(self, incidents: dict[int, Incident]) -> tuple[list, dict[int, int]]:
-        """Only the event ids not written yet: correlators append, a storm's incident is
-        saved once per event, and rewriting its whole member list each time is O(n^2).
-        Returns the (incident, event) pairs and how many ids each incident had."""
+    def _prepare(self, rows: list[tuple], incidents: dict[int, Incident],
+                 due: dict[int, Incident], row_incident: dict[int, int], now: float) -> "_Batch":
+        members, lengths = self._pending_members(incidents, row_incident)
+        inc_rows = [incident_row(i) for i in due.values()]
+        vms = {iid: name for iid, i in due.items() if (name := vm_name(i.vm))}
+        closed = [iid for iid, i in due.items() if i.closed]
+        # booked as written now, not when the writer answers: the next batch must not
+        # send them again (a batch that fails loses its events: their members are moot)
+        self._members_written.update(lengths)
+        self._incident_written.update((iid, (now, _state_of(i))) for iid, i in due.items()
+                                      if not i.closed)
+        return _Batch(rows, inc_rows, members, vms, closed)
+
+    def _pending_members(self, incidents: dict[int, Incident], row_incident: dict[int, int]
+                         ) -> tuple[list, dict[int, int]]:
+        """(incident, event) pairs to add to incident_events: only event ids not written
+        yet (correlators append; rewriting a storm incident's whole list each time is
+        O(n^2)), and only those the event row does not already tell: an event in this
+        batch whose incident_id is the incident. What remains are events that joined
+        through a merge or a predictive-failure incident. Returns the pairs and how many
+        ids each incident had."""
         out, lengths = [], {}
         for iid, inc in incidents.items():
             ids = inc.event_ids
             n = len(ids)
             done = self._members_written.get(iid, 0)
-            out.extend((iid, eid) for eid in ids[done if done <= n else 0:n])
+            out.extend((iid, eid) for eid in ids[done if done <= n else 0:n]
+                       if row_incident.get(eid) != iid)
             lengths[iid] = n
         return out, lengths
 
-    def _kind_counts(self, inc: Incident) -> Counter:
-        """Event kinds counted incrementally, like the members (kinds are appended)."""
-        counts, seen = self._kinds.get(inc.id, (None, 0))
-        kinds = inc.event_kinds
-        if counts is None or seen > len(kinds):
-            counts, seen = Counter(), 0
-        counts.update(kinds[seen:])
-        self._kinds[inc.id] = (counts, len(kinds))
-        return counts
-
     def _store_batch(self, batch: "_Batch") -> None:
-        if self.conn is None and not self._reopen():
-            self._lose(len(batch.rows), self._failing or "store unavailable")
+        if self.conn is None:
+            self._collect(keep=0)  # what is in flight fails or lands before the reopen
+            if not self._reopen():
+                self._lose(len(batch.rows), self._failing or "store unavailable")
+                return
+        if self.writer == "process" and self._writer is None:
+            self._point_writer()  # started with the first batch: not on the way to READY
+        if self._writer is not None:
+            self._send(batch)
             return
         try:
             self._write(batch)
         except (sqlite3.Error, OSError) as exc:
-            self._write_failed(exc, len(batch.rows))
+            self._write_failed(_failure_reason(exc), isinstance(exc, sqlite3.DatabaseError)
+                               and _is_corruption(exc), len(batch.rows))
             return
         self._written(batch)
 
     def _write(self, b: "_Batch") -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        write_batch(self.conn, b.rows, b.incident_rows, b.members, b.vms)
+
+    # --- the writer process -------------------------------------------------------------------
+    def _point_writer(self) -> None:
+        """Start the writer process if need be and (re)point it at the file just opened.
+        A writer that cannot start leaves the store writing inline, as before."""
         try:
-            conn.executemany(INSERT_EVENT, b.rows)
-            counts = Counter(map(rollup_key, b.rows))
-            conn.executemany(ROLLUP_ADD, [(*k, n) for k, n in counts.items()])
-            conn.executemany(UPSERT_INCIDENT, b.incident_rows)
-            conn.executemany("INSERT OR IGNORE INTO incident_events VALUES (?, ?)", b.members)
-            # Attribution names a VM on the incident, often after its first events were
-            # handled: give those events the name too, so `events --vm` finds them.
-            # (Cheap: the partial index on incident_id, and few incidents carry a VM.)
-            conn.executemany("UPDATE events SET vm = ? WHERE incident_id = ? AND vm IS NULL",
-                             [(name, iid) for iid, name in b.vms.items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+            if self._writer is None:
+                self._writer = WriterProcess()
+            self._writer.open(str(self.path))
+        except OSError as exc:
+            log.error("store writer process unavailable, writing inline: %s", exc)
+            if self._writer is not None:
+                self._writer.close(timeout=5)
+            self._writer, self.writer = None, "inline"
+
+    def _send(self, batch: "_Batch") -> None:
+        try:
+            self._writer.send_batch(batch.rows, batch.incident_rows, batch.members, batch.vms)
+        except OSError:  # the child is gone (killed, crashed): its pipe broke
+            self._in_flight.append(batch)
+            self._collect(keep=0)
+            return
+        self._in_flight.append(batch)
+        self._collect(keep=MAX_IN_FLIGHT - 1)  # blocks only when that many are unanswered
+
+    def _collect(self, keep: int) -> None:
+        """Book the writer's answers in order: written, or lost with the reason; block
+        until at most ``keep`` batches are unanswered. A writer that died loses what it
+        had not answered (counted) and is started again."""
+        if self._writer is None:
+            return
+        replies, alive = self._writer.replies(keep)
+        for reply in replies:
+            batch = self._in_flight.popleft()
+            if reply[0] == "ok":
+                self._written(batch)
+            else:
+                self._write_failed(reply[1], reply[2], len(batch.rows))
+        if not alive:
+            self._writer_died()
+
+    def _writer_died(self) -> None:
+        """Lose (count) what it had not answered; start another, or write inline from
+        now on if this one never answered anything (it cannot start here at all)."""
+        for batch in self._in_flight:
+            self._lose(len(batch.rows), "store writer process exited")
+        self._in_flight.clear()
+        dead, self._writer = self._writer, None
+        self.writer_waited_s += dead.waited_s
+        dead.close(timeout=5)
+        self.counters.writer_restarts += 1
+        if not dead.answered:
+            log.error("store writer process exited without writing anything: writing inline")
+            self.writer = "inline"
+        elif self.conn is not None:
+            self._point_writer()
 
     def _written(self, b: "_Batch") -> None:
         c = self.counters
@@ -657,21 +832,20 @@ class Store:
         c.committed_incidents += len(b.incident_rows)
         if b.rows:
             c.last_committed_event_id = max(c.last_committed_event_id, max(r[0] for r in b.rows))
-        self._members_written.update(b.lengths)
         self._vm_by_incident.update(b.vms)
         for iid in b.closed:  # no more members will come: keep the bookkeeping bounded
             self._members_written.pop(iid, None)
             self._vm_by_incident.pop(iid, None)
+            self._incident_written.pop(iid, None)
         if self._failing is not None:
             self._alert("store_resumed", f"store writes resumed after: {self._failing}; "
                         f"{self._lost_since_alert} event(s) lost meanwhile")
             self._failing, self._lost_since_alert = None, 0
 
-    def _write_failed(self, exc: BaseException, n: int) -> None:
+    def _write_failed(self, reason: str, corrupt: bool, n: int) -> None:
         self.counters.write_errors += 1
-        reason = _failure_reason(exc)
         self._lose(n, reason)
-        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+        if corrupt:
             # the file went bad under us: reopen (integrity check moves it aside) later
             _close_quietly(self.conn)
             self.conn = None
@@ -807,6 +981,9 @@ class Store:
         c = self.counters
         return {"path": str(self.path), "available": self.conn is not None,
                 "failing": self._failing, "pending_events": len(self._rows),
+                "writer": "process" if self._writer is not None else "inline",
+                "writer_pid": self._writer.pid if self._writer is not None else None,
+                "batches_in_flight": len(self._in_flight),
                 "next_event_id": self.next_event_id, "next_incident_id": self.next_incident_id,
                 **{k: getattr(c, k) for k in c.__dataclass_fields__},
                 "alerts": list(self.alerts)[-10:]}
@@ -818,28 +995,7 @@ def store_path(cfg: Any) -> Path:
     return Path(path) if path else Path(cfg["daemon"]["state_dir"]) / "rasd.db"
 
 
-def _is_corruption(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
-        return True
-    text = str(exc)
-    return "malformed" in text or "not a database" in text or "integrity_check" in text
-
-
-def _failure_reason(exc: BaseException) -> str:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF == SQLITE_FULL or \
-            isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "disk full"
-    return f"write failed: {type(exc).__name__}: {exc}"
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:  # SQLite may have rolled back already (SQLITE_FULL does)
-        log.debug("rollback: %s", exc)
+_is_corruption, _failure_reason, _rollback = is_corruption, failure_reason, rollback
 
 
 def _close_quietly(conn: sqlite3.Connection | None) -> None:
@@ -985,6 +1141,31 @@ class StoreReader:
     def event(self, eid: int) -> sqlite3.Row | None:
         rows = self._all("SELECT * FROM events WHERE id = ?", (eid,))
         return rows[0] if rows else None
+
+    def decoded(self, row: sqlite3.Row) -> dict:
+        """An event row's decoded form, event.to_dict() without raw: from its columns and
+        the ``decoded`` JSON (see event_decoded), its CPER record decoded from the raw
+        column where the store kept only the bytes."""
+        task = None if row["comm"] is None and row["tid"] is None else \
+            {"tgid": row["tgid"], "tid": row["tid"], "comm": row["comm"]}
+        d = {"id": row["id"], "kind": row["kind"], "source": row["source"],
+             "wall_ns": row["wall_ns"], "mono_ns": row["mono_ns"], "cpu": row["cpu"],
+             "task": task, "fields": {}, "truncated": False,
+             "decode_error": row["decode_error"]}
+        d.update(json.loads(row["decoded"]))  # rows of an older rasd hold all of it: the same
+        for name in ("severity", "containment", "reason", "incident_id"):
+            if row[name] is not None:
+                d.setdefault(name, row[name])
+        if d.get("cper") == CPER_FROM_RAW:
+            d["cper"] = json.loads(self._cper_json(bytes(row["raw"] or b"")))
+        return d
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def _cper_json(raw: bytes) -> str:
+        """The JSON the writer would have stored (``events --json`` over a storm decodes
+        each distinct block once)."""
+        return _dumps(cper.try_decode(raw).to_dict())
 
     def summary(self, since_ns: int | None = None, until_ns: int | None = None) -> dict:
         """Event counts by type, severity, CPU, memory location, page and VM.

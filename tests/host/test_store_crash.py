@@ -50,10 +50,12 @@ def fill(path: Path) -> None:
             assert exc.errno == errno.ENOSPC
 
 
-def test_full_disk_is_a_counted_loss_and_an_alert_and_writes_resume(tmpfs: Path) -> None:
+@pytest.mark.parametrize("writer", ["inline", "process"])
+def test_full_disk_is_a_counted_loss_and_an_alert_and_writes_resume(tmpfs: Path,
+                                                                     writer: str) -> None:
     alerts = []
     db = tmpfs / "rasd.db"
-    store = Store(db, batch_events=4, on_alert=alerts.append)
+    store = Store(db, batch_events=4, on_alert=alerts.append, writer=writer)
     before = [big_event(i, 1024) for i in range(8)]
     for e in before:
         store.handle(e)
@@ -91,7 +93,7 @@ WRITER = textwrap.dedent("""
     import os, sys
     from rasd.events import Event, Task
     from rasd.sinks.store import Store
-    store = Store(sys.argv[1], batch_events=200, batch_ms=60_000)
+    store = Store(sys.argv[1], batch_events=200, batch_ms=60_000, writer=sys.argv[2])
     out = os.fdopen(1, "w", buffering=1)
     out.write(f"start {store.next_event_id}\\n")
     reported = 0
@@ -108,11 +110,17 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def run_writer_and_kill(db: Path, commits_before_kill: int) -> tuple[int, int]:
+def run_writer_and_kill(db: Path, commits_before_kill: int, how: str = "inline"
+                        ) -> tuple[int, int]:
     """Start a writer, let it commit a few batches, SIGKILL it mid-storm.
-    Returns (first id it used, highest id it reported committed)."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    Returns (first id it used, highest id it reported committed).
+
+    ``how``: "inline" (SQLite in the daemon); "process" (SQLite in the writer process,
+    only the daemon killed: the orphaned writer must stop); "group" (the writer
+    process, daemon and writer killed at once, as systemd's SIGKILL does)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db),
+                             "inline" if how == "inline" else "process"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     start = int(proc.stdout.readline().split()[1])
     last = 0
     for _ in range(commits_before_kill):
@@ -120,7 +128,10 @@ def run_writer_and_kill(db: Path, commits_before_kill: int) -> tuple[int, int]:
         assert line.startswith("committed"), line
         last = int(line.split()[1])
     time.sleep(0.05)  # it is inside the next batch (or its commit) now
-    os.kill(proc.pid, signal.SIGKILL)
+    if how == "group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for line in proc.stdout:  # commits reported between our last read and the kill
         if line.startswith("committed"):
@@ -129,11 +140,13 @@ def run_writer_and_kill(db: Path, commits_before_kill: int) -> tuple[int, int]:
     return start, last
 
 
-def test_kill_9_mid_storm_loses_nothing_committed_and_leaves_a_sound_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["inline", "process", "group"])
+def test_kill_9_mid_storm_loses_nothing_committed_and_leaves_a_sound_store(
+        tmp_path: Path, how: str) -> None:
     db = tmp_path / "rasd.db"
     committed_ranges = []
     for round_ in range(3):  # again and again: each restart continues the numbering
-        start, last = run_writer_and_kill(db, 5 + round_ * 3)
+        start, last = run_writer_and_kill(db, 5 + round_ * 3, how)
         committed_ranges.append((start, last))
         conn = sqlite3.connect(db)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

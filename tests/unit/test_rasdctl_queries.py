@@ -141,10 +141,11 @@ def test_show_event_decodes_the_stored_raw_bytes_again(db, capsys) -> None:
     assert code == 0
     assert "decoded again: status block" in out
     assert f"physical address: {PA:#x}" in out
-    assert "round trip: the stored bytes decode to the stored decoding" in out
+    assert "stored as raw bytes only: decoded now" in out  # a GHES block's decoding is not kept
     code, out, _ = run(capsys, "show", "--db", str(db), "--json", "event:5")
     doc = json.loads(out)
-    assert doc["roundtrip"] is True and doc["redecoded"] == doc["event"]["cper"]
+    assert doc["cper_stored"] == "raw" and doc["roundtrip"] is None
+    assert doc["redecoded"] == doc["event"]["cper"]
     assert cper.try_decode(__import__("base64").b64decode(doc["raw"])).sections[0].body \
         .physical_addr == PA
 
@@ -217,3 +218,21 @@ def test_parse_time_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="not a time"):
         tables.parse_time("last tuesday", now_ns=NOW)
     assert tables.fmt_time(1795579200_123_456_789) == "2026-11-25T04:00:00.123Z"
+
+
+def test_events_json_gives_every_ghes_event_its_cper_decoded_from_the_raw_bytes(db, capsys) -> None:
+    """The store keeps a GHES block's bytes, not their decoding: `events --json` decodes
+    them again, each event its own bytes (two different pages stay two pages)."""
+    path = db.parent / "two-pages.db"
+    s = Store(path)
+    for i, pa in enumerate((PA, PA + (5 << PAGE_SHIFT))):
+        s.handle(ce(NOW - 60 * 10**9 + i, pa=pa))
+    s.close()
+    code, out, _ = run(capsys, "events", "--db", str(path), "--json")
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(docs) == 2
+    for doc, pa in zip(docs, (PA, PA + (5 << PAGE_SHIFT))):
+        block = ce(0, pa=pa)
+        assert doc["cper"] == json.loads(json.dumps(block.cper.to_dict()))
+        assert doc["cper"]["sections"][0]["body"]["physical_addr"] == hex(pa)
+        assert doc["phys_addr"] == hex(pa)

@@ -58,16 +58,23 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "rasd.db"
 
 
+@pytest.fixture(params=["inline", "process"])
+def writer(request) -> str:
+    """The store's SQLite writes: in the caller's process, or in the writer process
+    (rasd.sinks.store_writer, the daemon's default): the same outcome either way."""
+    return request.param
+
+
 # --- schema, ids, migrations ---------------------------------------------------------------
 
-def test_fresh_store_is_wal_v1_and_ids_continue_after_reopen(db: Path) -> None:
-    s = Store(db)
+def test_fresh_store_is_wal_v1_and_ids_continue_after_reopen(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer)
     events = [ce_event(t=T0 + i) for i in range(3)]
     for e in events:
         s.handle(e)
     assert [e.id for e in events] == [1, 2, 3]  # known at handle() time, before any commit
     s.close()
-    s = Store(db)
+    s = Store(db, writer=writer)
     assert s.next_event_id == 4 and s.next_incident_id == 1
     assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -79,12 +86,12 @@ def test_fresh_store_is_wal_v1_and_ids_continue_after_reopen(db: Path) -> None:
     assert count(db) == 4
 
 
-def test_pipeline_ids_below_the_stored_range_are_renumbered_not_overwritten(db: Path) -> None:
-    s = Store(db)
+def test_pipeline_ids_below_the_stored_range_are_renumbered_not_overwritten(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer)
     s.handle(ce_event())
     s.close()
     alerts = []
-    s = Store(db, on_alert=alerts.append)
+    s = Store(db, writer=writer, on_alert=alerts.append)
     clash = ce_event(t=T0 + 1, id=1)  # a pipeline started at 1 instead of next_event_id
     s.handle(clash)
     s.close()
@@ -205,8 +212,8 @@ def test_a_batch_older_than_batch_ms_commits_on_poll_or_the_next_event(db: Path)
     s.close()
 
 
-def test_background_flusher_commits_a_quiet_tail_without_flush(db: Path) -> None:
-    s = Store(db, batch_events=1000, batch_ms=50, background=True)
+def test_background_flusher_commits_a_quiet_tail_without_flush(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer, batch_events=1000, batch_ms=50, background=True)
     s.handle(ce_event())
     deadline = time.monotonic() + 5
     while count(db) == 0 and time.monotonic() < deadline:
@@ -215,8 +222,8 @@ def test_background_flusher_commits_a_quiet_tail_without_flush(db: Path) -> None
     s.close()
 
 
-def test_flush_and_close_commit_what_is_pending(db: Path) -> None:
-    s = Store(db, batch_events=1000, batch_ms=10_000)
+def test_flush_and_close_commit_what_is_pending(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer, batch_events=1000, batch_ms=10_000)
     s.handle(ce_event())
     s.flush()
     assert count(db) == 1
@@ -238,10 +245,32 @@ def test_event_row_columns_come_from_the_cper_record(db: Path) -> None:
     assert row["location"] == "node 1 card 2 module 3 rank 1"
     assert (row["severity"], row["sev_rank"], row["reason"]) == ("corrected", 1, "CE")
     assert bytes(row["raw"]) == e.raw
-    decoded = json.loads(row["decoded"])
-    assert "raw" not in decoded and "_symbols" not in decoded["fields"]
+    stored = json.loads(row["decoded"])
+    assert "raw" not in stored and "_symbols" not in stored["fields"]
+    assert stored["cper"] == store_mod.CPER_FROM_RAW  # the raw column holds the record
+    decoded = StoreReader(db).decoded(row)
     assert decoded["cper"]["sections"][0]["body"]["physical_addr"] == "0x812345040"
     assert decoded["id"] == 1 and decoded["task"]["comm"] == "swapper/1"
+    # the same document event.to_dict() gave, less raw bytes and per-format tables
+    expected = json.loads(store_mod._dumps(e.to_dict()))
+    del expected["raw"], expected["fields"]["_symbols"]
+    assert decoded == expected
+
+
+def test_a_cper_record_its_raw_bytes_do_not_give_keeps_its_decoding(db: Path) -> None:
+    """A BERT record found at an offset of the BERT region: decoding its bytes alone
+    would lose the offset, so the store keeps the decoded form itself."""
+    block = ce_event().raw
+    region = bytes(64) + block
+    rec = cper.try_decode(region, 64)
+    e = Event("bert", "bert", T0, raw=rec.raw, cper=rec, severity="corrected")
+    s = Store(db)
+    s.handle(e)
+    s.close()
+    reader = StoreReader(db)
+    row = reader.event(1)
+    stored = json.loads(row["decoded"])
+    assert stored["cper"]["offset"] == 64 and reader.decoded(row)["cper"] == stored["cper"]
 
 
 def test_fields_give_pfn_address_and_dimm_label_and_huge_values_do_not_break(db: Path) -> None:
@@ -259,8 +288,8 @@ def test_fields_give_pfn_address_and_dimm_label_and_huge_values_do_not_break(db:
     assert json.loads(rows[3]["decoded"])["fields"] == {"pfn": 1 << 64, "blob": "0102"}
 
 
-def test_incidents_are_upserted_with_members_and_the_vm_reaches_their_events(db: Path) -> None:
-    s = Store(db, batch_events=1000)
+def test_incidents_are_upserted_with_members_and_the_vm_reaches_their_events(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer, batch_events=1000)
     inc = Incident("guest_sea", "tid:4242", T0, T0, severity="uncorrected")
     s.save_incident(inc)
     assert inc.id == 1  # assigned at once
@@ -291,8 +320,8 @@ def test_incidents_are_upserted_with_members_and_the_vm_reaches_their_events(db:
     assert r.incidents(open_only=True) == []
 
 
-def test_a_merged_incident_keeps_its_pointer_and_the_survivor_lists_all_events(db: Path) -> None:
-    s = Store(db)
+def test_a_merged_incident_keeps_its_pointer_and_the_survivor_lists_all_events(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer)
     a, b = Incident("x", "page:1", T0, T0), Incident("x", "tid:1", T0 + 1, T0 + 1)
     ea, eb = plain_event(t=T0), plain_event(t=T0 + 1)
     for inc, e in ((a, ea), (b, eb)):
@@ -312,10 +341,10 @@ def test_a_merged_incident_keeps_its_pointer_and_the_survivor_lists_all_events(d
 
 # --- summary ------------------------------------------------------------------------------------
 
-def test_summary_is_exact_over_ragged_ranges(db: Path) -> None:
+def test_summary_is_exact_over_ragged_ranges(db: Path, writer: str) -> None:
     """Whole minutes come from the rollup, the edges from the events: compare with a
     brute-force count over many ranges."""
-    s = Store(db, batch_events=97)
+    s = Store(db, writer=writer, batch_events=97)
     times = [T0 + i * 7_300_000_000 + (i * i % 13) * 10**8 for i in range(120)]  # ~15 minutes
     for i, t in enumerate(times):
         e = ce_event(pa=0x8000_0000 + (i % 7 << PAGE_SHIFT), t=t, cpu=i % 3) if i % 4 else \
@@ -359,9 +388,9 @@ def test_summary_counts_by_location_severity_page_and_vm(db: Path) -> None:
 
 # --- retention ----------------------------------------------------------------------------------
 
-def test_retention_by_age_deletes_old_events_and_keeps_the_rollup_exact(db: Path) -> None:
+def test_retention_by_age_deletes_old_events_and_keeps_the_rollup_exact(db: Path, writer: str) -> None:
     now = T0 + 100 * 86400 * 10**9
-    s = Store(db, retention_days=30)
+    s = Store(db, writer=writer, retention_days=30)
     old = Incident("x", "page:1", T0, T0, closed=True)
     s.save_incident(old)
     for i in range(50):
@@ -377,13 +406,13 @@ def test_retention_by_age_deletes_old_events_and_keeps_the_rollup_exact(db: Path
     assert r.summary()["total"] == 30
     assert r.incident(old.id) is None
     assert r.conn.execute("SELECT count(*) FROM incident_events").fetchone()[0] == 0
-    s = Store(db)
+    s = Store(db, writer=writer)
     assert s.next_event_id == 81  # ids are never reused after retention
     s.close()
 
 
-def test_retention_by_size_trims_the_oldest_to_fit(db: Path) -> None:
-    s = Store(db, max_size_mb=0.5, batch_events=500)
+def test_retention_by_size_trims_the_oldest_to_fit(db: Path, writer: str) -> None:
+    s = Store(db, writer=writer, max_size_mb=0.5, batch_events=500)
     for i in range(1500):
         e = ce_event(t=T0 + i)
         e.raw += bytes(600)  # ~1.8 KB a row
@@ -399,9 +428,9 @@ def test_retention_by_size_trims_the_oldest_to_fit(db: Path) -> None:
     assert r.summary()["total"] == len(ids)
 
 
-def test_retention_runs_periodically_from_poll_not_per_insert(db: Path) -> None:
+def test_retention_runs_periodically_from_poll_not_per_insert(db: Path, writer: str) -> None:
     clock = Clock()
-    s = Store(db, retention_days=1, retention_interval_s=600, clock=clock)
+    s = Store(db, writer=writer, retention_days=1, retention_interval_s=600, clock=clock)
     s.handle(ce_event(t=T0))  # ancient
     s.flush()
     assert count(db) == 1 and s.counters.retention_deleted == 0
@@ -526,4 +555,4 @@ def test_rows_pending_while_the_file_was_unreachable_are_renumbered_at_reopen(db
     rows = list(r.events(EventQuery()))
     assert [e["id"] for e in rows] == [1, 2, 3, 4, 5]
     assert [e["wall_ns"] - T0 for e in rows] == [0, 1, 2, 10, 11]  # nothing overwritten
-    assert json.loads(rows[3]["decoded"])["id"] == 4
+    assert r.decoded(rows[3])["id"] == 4

@@ -157,6 +157,10 @@ class Record:
     offset: int = field(default=0, compare=False)
     error: DecodeError | None = field(default=None, compare=False)
     complete: bool = field(default=False, compare=False)  # all bytes its lengths claim were there
+    # Values later stages derive from this record alone (classification verdict, memory
+    # location...), computed once: the decode stage hands one Record to every event whose
+    # bytes are identical (rasd.decode.event.CperCache), so a storm derives them once.
+    derived: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def severity(self) -> int | None:
