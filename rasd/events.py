@@ -8,6 +8,7 @@ containment, incident) and never drop what came before: the raw bytes stay.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,9 @@ def worse(a: str | None, b: str | None) -> str | None:
     return a if SEVERITY_RANK.get(a, 0) >= SEVERITY_RANK.get(b, 0) else b
 
 
+MAX_EVENT_IDS = 1000
+
+
 @dataclass(slots=True)
 class Incident:
     """One real-world fault: the events it produced, how bad it is and what it touches."""
@@ -116,8 +120,12 @@ class Incident:
     containment: str = "unknown"
     summary: str = ""
     id: int | None = None  # assigned by the store
+    # The first MAX_EVENT_IDS member ids; every member counts in event_count and kind_counts.
+    # A storm keeps one incident open for hours: its memory must not grow with it (the
+    # store's events name their incident themselves, so no member is lost to the cap).
     event_ids: list[int] = field(default_factory=list)
-    event_kinds: list[str] = field(default_factory=list)
+    kind_counts: Counter = field(default_factory=Counter)
+    event_count: int = 0
     pfn: int | None = None
     phys_addr: int | None = None
     location: dict[str, Any] | None = None  # memory location (node/card/module/...), DIMM label
@@ -137,7 +145,8 @@ class Incident:
                 "first_wall_ns": self.first_wall_ns, "last_wall_ns": self.last_wall_ns,
                 "severity": self.severity, "containment": self.containment,
                 "summary": self.summary, "event_ids": list(self.event_ids),
-                "event_kinds": list(self.event_kinds), "pfn": self.pfn,
+                "event_count": self.event_count, "event_kinds": dict(self.kind_counts),
+                "pfn": self.pfn,
                 "phys_addr": None if self.phys_addr is None else hex(self.phys_addr),
                 "location": self.location, "cpu": self.cpu,
                 "mpidr": None if self.mpidr is None else hex(self.mpidr), "vm": self.vm,
@@ -145,3 +154,17 @@ class Incident:
                 "esr": None if self.esr is None else hex(self.esr), "aet": self.aet,
                 "sections": list(self.sections), "disagreements": list(self.disagreements),
                 "closed": self.closed, "merged_into": self.merged_into}
+
+    def add_member(self, event_id: int | None, kind: str) -> None:
+        if event_id is not None and len(self.event_ids) < MAX_EVENT_IDS:
+            self.event_ids.append(event_id)
+        self.kind_counts[kind] += 1
+        self.event_count += 1
+
+    def absorb_members(self, other: "Incident") -> None:
+        """Take a merged incident's members."""
+        room = MAX_EVENT_IDS - len(self.event_ids)
+        if room > 0:
+            self.event_ids.extend(other.event_ids[:room])
+        self.kind_counts.update(other.kind_counts)
+        self.event_count += other.event_count

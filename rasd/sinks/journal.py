@@ -111,8 +111,8 @@ class JournalAlerts:
              "SYSLOG_IDENTIFIER": "rasd",
              "RASD_INCIDENT_ID": str(incident.id), "RASD_ALERT_KIND": incident.kind,
              "RASD_SEVERITY": incident.severity, "RASD_CONTAINMENT": incident.containment,
-             "RASD_EVENT_COUNT": str(len(incident.event_kinds)),
-             "RASD_EVENT_KINDS": ",".join(sorted(set(incident.event_kinds))),
+             "RASD_EVENT_COUNT": str(incident.event_count),
+             "RASD_EVENT_KINDS": ",".join(sorted(incident.kind_counts)),
              "RASD_SUPPRESSED": str(suppressed)}
         optional = {
             "RASD_BLAST_RADIUS": (incident.blast_radius or {}).get("scope"),

@@ -150,7 +150,8 @@ def incident(i: int, kind="uncorrected_memory", severity="recoverable", **kw) ->
     inc = Incident(kind=kind, key=f"page:{i}", first_wall_ns=1, last_wall_ns=2,
                    severity=severity, containment="page_isolated", id=i,
                    summary=f"Uncorrected memory error at PA {i:#x}", closed=True, **kw)
-    inc.event_kinds = ["sea_claim", "ghes", "memory_failure"]
+    for kind in ("sea_claim", "ghes", "memory_failure"):
+        inc.add_member(None, kind)
     return inc
 
 

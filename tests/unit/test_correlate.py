@@ -262,3 +262,20 @@ def test_kmsg_hardware_error_without_address_is_unlocatable():
     p = Pipeline(EventDecoder({}), stages=[classify, Correlator(on_change=seen.append)])
     p.feed_event(KmsgSource._event(item))
     assert seen[-1].kind == "unlocatable_memory_corruption" and seen[-1].severity == "critical"
+
+
+def test_a_long_storm_keeps_incident_memory_bounded():
+    """Corrected errors on one page, back to back: one incident that stays open for the
+    whole storm. It counts every member but keeps only the first MAX_EVENT_IDS ids (each
+    event row names its incident, so the store loses none)."""
+    from rasd.events import MAX_EVENT_IDS
+    clk = Clock()
+    pa = 0x8_1234_5000
+    n = MAX_EVENT_IDS + 500
+    seq = [ghes(clk(), mem_block(pa, 2, node=0, module=3), notify_type=0) for _ in range(n)]
+    events, incidents = run(seq)
+    assert len({e.incident_id for e in events}) == 1
+    inc = incidents[events[0].incident_id]
+    assert inc.event_count == n and inc.kind_counts == {"ghes": n}
+    assert inc.event_ids == [e.id for e in events[:MAX_EVENT_IDS]]
+    assert inc.to_dict()["event_count"] == n

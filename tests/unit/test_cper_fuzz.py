@@ -289,7 +289,9 @@ def test_decode_all_concatenated_and_zero_padding():
 
 # --- property-based ----------------------------------------------------------------------
 
-FUZZ = settings(derandomize=True, deadline=500, max_examples=200,
+# No deadline: a per-example time limit is a timed assertion, and it fails on a loaded CI
+# machine, not on a slow decoder (bench/decode.py measures speed).
+FUZZ = settings(derandomize=True, deadline=None, max_examples=200,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
