@@ -85,8 +85,19 @@ class Correlator:
                 return
             incident = self._new(event)
         self._add(incident, event, keys)
+        if event.kind in MEMORY_FAILURE_KINDS:
+            self._forget_key(incident.id, _worker_key(event))
         if self.on_change is not None:
             self.on_change(incident)
+
+    def _forget_key(self, incident_id: int, key: str | None) -> None:
+        """A single-use key: a kernel worker's next memory_failure is another fault."""
+        if key is None or self.index.get(key) != incident_id:
+            return
+        del self.index[key]
+        keys = self._keys.get(incident_id)
+        if keys and key in keys:
+            keys.remove(key)
 
     def expire(self, now_ns: int) -> list[Incident]:
         """Close incidents whose window passed with no new event."""
@@ -348,6 +359,9 @@ def event_keys(event: Event) -> list[str]:
     if event.kind == ev.SIGBUS and _sigbus_joins(event):
         # the target, not the sender: BUS_MCEERR_AO comes from memory_failure's thread
         keys.append(f"tid:{event.fields['target_tid']}")
+    worker = _worker_key(event)
+    if worker is not None:
+        keys.append(worker)
     if event.kind in (ev.HOST_SERROR, ev.SERROR_CHECK, ev.SERROR_PANIC) and \
             event.fields.get("origin") != "guest" and event.cpu is not None:
         keys.append(f"cpu:{event.cpu}")
@@ -362,6 +376,24 @@ def event_keys(event: Event) -> list[str]:
     if not keys and event.kind not in FOLLOWERS:
         keys.append(f"event:{event.kind}:{event.wall_ns}")  # stands alone
     return keys
+
+
+MEMORY_FAILURE_KINDS = (ev.MEMORY_FAILURE, ev.MEMORY_FAILURE_EVENT)
+
+
+def _worker_key(event: Event) -> str | None:
+    """Action-optional memory_failure runs in a kernel worker (memory_failure_queue) and
+    signals every process mapping the page from there: BUS_MCEERR_AO carries no address,
+    only its sender. kill_procs() runs inside memory_failure(), so the SIGBUS records
+    come first and the worker's memory_failure records (which have the page) close the
+    link; the key is then forgotten, since that worker soon handles other work."""
+    task = event.task
+    if task is None or not task.tid or not task.comm.startswith(KERNEL_COMMS):
+        return None
+    if event.kind in MEMORY_FAILURE_KINDS or (
+            event.kind == ev.SIGBUS and event.fields.get("mceerr")):
+        return f"worker:{task.tid}"
+    return None
 
 
 def _sigbus_joins(event: Event) -> bool:

@@ -296,3 +296,30 @@ def test_612_order_sigbus_before_memory_failure_returns():
     inc = incidents[events[0].incident_id]
     assert inc.kind == "hwpoison" and inc.pfn == 0xFE575 and sorted(inc.event_ids) == [1, 2, 3]
     assert "SIGBUS to labinj[234] (BUS_MCEERR_AR)" in inc.summary
+
+
+def test_action_optional_sigbus_from_a_kworker_joins_that_workers_memory_failure():
+    """A polled GHES record queues memory_failure; a kworker runs it and signals every
+    mapper (BUS_MCEERR_AO, no address) before its own records arrive: one incident with
+    the page. The same kworker's next page is another fault, and so are its SIGBUSes."""
+    clk = Clock()
+    kw = dict(tid=77, comm="kworker/1:1")
+    pa, pa2 = 0x8_1234_5000, 0x8_5555_5000
+    seq = [ghes(clk(), mem_block(pa), tid=1, comm="swapper/0", notify_type=0),
+           sigbus(clk(), 6000, "mapper", BUS_MCEERR_AO, sender_tid=77, sender_comm=kw["comm"]),
+           sigbus(clk(), 6001, "mapper2", BUS_MCEERR_AO, sender_tid=77, sender_comm=kw["comm"]),
+           mfe(clk(), pa >> PAGE_SHIFT, **kw),
+           make("memory_failure", "call", clk(), rf={"return"}, pfn=pa >> PAGE_SHIFT, flags=0,
+                ret=0, **kw),
+           # the worker's next job: another page, another mapper
+           sigbus(clk(), 6002, "mapper3", BUS_MCEERR_AO, sender_tid=77, sender_comm=kw["comm"]),
+           mfe(clk(), pa2 >> PAGE_SHIFT, **kw)]
+    events, incidents = run(seq)
+    first = {e.incident_id for e in events[:5]}
+    assert len(first) == 1 and None not in first, [(e.kind, e.incident_id) for e in events]
+    inc = incidents[first.pop()]
+    assert inc.pfn == pa >> PAGE_SHIFT
+    assert "SIGBUS to mapper[6000]" in inc.summary and "mapper2[6001]" in inc.summary
+    second = {e.incident_id for e in events[5:]}
+    assert len(second) == 1 and inc.id not in second
+    assert incidents[second.pop()].pfn == pa2 >> PAGE_SHIFT
