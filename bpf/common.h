@@ -74,6 +74,7 @@
 #define RASD_P_TP_AER_EVENT           20
 #define RASD_P_TP_MEMORY_FAILURE_EVENT 21
 #define RASD_P_TP_SIGBUS             22  /* signal:signal_generate, sig == SIGBUS only */
+#define RASD_P_KVM_SET_SEI_ESR       23  /* <=6.16: vSError with a chosen syndrome */
 #define RASD_P_TEST                   63  /* test/bench-only programs */
 
 struct rasd_hdr {            /* 48 bytes */
@@ -141,8 +142,12 @@ BPF_PERCPU_ARRAY(rasd_lost, u64, 1);
  * clobber a tracepoint record being built on the same CPU. */
 BPF_PERCPU_ARRAY(rasd_ghes_scratch, struct rasd_blob_event, 1);
 BPF_PERCPU_ARRAY(rasd_tp_scratch, struct rasd_blob_event, 1);
-/* Per-thread stash for sleeping/process-context pairs (memory_failure, apei_claim_sea). */
-BPF_HASH(rasd_stash_tid, u32, struct rasd_stash, 1024);
+/* Per-thread stash for sleeping/process-context pairs (memory_failure, apei_claim_sea),
+ * keyed by (probe id << 32 | tid): an interrupt on the same task (a polled GHES source's
+ * timer runs ghes_proc in softirq on whatever task it interrupts) must not take or
+ * overwrite another probe's entry (seen in the arm64 lab: memory_failure in a kworker
+ * lost its pfn to a nested ghes_proc pair). */
+BPF_HASH(rasd_stash_tid, u64, struct rasd_stash, 1024);
 /* Per-CPU stash for NMI-context pairs (arm64_is_fatal_ras_serror): no hash locks in NMI. */
 BPF_PERCPU_ARRAY(rasd_stash_cpu, struct rasd_stash, 1);
 
@@ -226,22 +231,27 @@ static __always_inline void rasd_output_blob(struct rasd_blob_event *e, u64 len)
         rasd_count_lost();
 }
 
-static __always_inline void rasd_stash_tid_put(u64 a0, u64 a1, u64 a2, u64 a3)
+static __always_inline u64 rasd_stash_key(u32 probe)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    return (u64)probe << 32 | (u32)bpf_get_current_pid_tgid();
+}
+
+static __always_inline void rasd_stash_tid_put(u32 probe, u64 a0, u64 a1, u64 a2, u64 a3)
+{
+    u64 key = rasd_stash_key(probe);
     struct rasd_stash s = { .arg = { a0, a1, a2, a3 } };
-    rasd_stash_tid.update(&tid, &s);
+    rasd_stash_tid.update(&key, &s);
 }
 
 /* Copy the stashed args out and drop the entry; returns 0 when none was stashed. */
-static __always_inline int rasd_stash_tid_take(struct rasd_stash *out)
+static __always_inline int rasd_stash_tid_take(u32 probe, struct rasd_stash *out)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rasd_stash *s = rasd_stash_tid.lookup(&tid);
+    u64 key = rasd_stash_key(probe);
+    struct rasd_stash *s = rasd_stash_tid.lookup(&key);
     if (!s)
         return 0;
     __builtin_memcpy(out, s, sizeof(*out));
-    rasd_stash_tid.delete(&tid);
+    rasd_stash_tid.delete(&key);
     return 1;
 }
 

@@ -24,21 +24,40 @@ static __always_inline u64 rasd_estatus_len(const struct rasd_estatus_hdr *s)
     return CPER_ESTATUS_HDR_LEN + (u64)s->data_length;
 }
 
-/* Source id, HEST type, notify type and block length from ghes->generic. */
+/* A HEST GHES (type 9) or GHESv2 (type 10) entry at `generic`: fills g, returns 1. */
+static __always_inline int rasd_hest_at(void *generic, struct rasd_ghes *g)
+{
+    u16 hdr[2] = {};
+
+    if (!generic || bpf_probe_read_kernel(hdr, sizeof(hdr), generic) ||
+        (hdr[0] != 9 && hdr[0] != 10))
+        return 0;
+    if (bpf_probe_read_kernel(&g->notify_type, 1, generic + ACPI_HEST_NOTIFY_TYPE_OFF) ||
+        bpf_probe_read_kernel(&g->error_block_length, 4, generic + ACPI_HEST_EBL_OFF)) {
+        g->notify_type = 0;
+        g->error_block_length = 0;
+        return 0;
+    }
+    g->hest_type = (u8)hdr[0];
+    g->source_id = hdr[1];
+    return 1;
+}
+
+/* Source id, HEST type, notify type and block length from ghes->generic.  Debian
+ * 6.1's ghes_do_proc.isra.0 is passed ghes->generic itself (IPA-SRA: the function only
+ * reads ghes->generic), seen in the arm64 lab: so when `ghes` does not lead to a HEST
+ * entry, `ghes` is tried as the entry (its type at offset 0 tells them apart: a struct
+ * ghes starts with an 8-byte-aligned pointer, never 9 or 10 in its low half-word). */
 static __always_inline u16 rasd_read_hest(void *ghes, struct rasd_ghes *g)
 {
     void *generic = NULL;
-    u16 hdr[2] = {};
 
-    if (bpf_probe_read_kernel(&generic, sizeof(generic), ghes + RASD_OFF_GHES_GENERIC) || !generic)
-        return RASD_F_READ_FAULT;
-    if (bpf_probe_read_kernel(hdr, sizeof(hdr), generic) ||
-        bpf_probe_read_kernel(&g->notify_type, 1, generic + ACPI_HEST_NOTIFY_TYPE_OFF) ||
-        bpf_probe_read_kernel(&g->error_block_length, 4, generic + ACPI_HEST_EBL_OFF))
-        return RASD_F_READ_FAULT;
-    g->hest_type = (u8)hdr[0];
-    g->source_id = hdr[1];
-    return 0;
+    if (!bpf_probe_read_kernel(&generic, sizeof(generic), ghes + RASD_OFF_GHES_GENERIC) &&
+        rasd_hest_at(generic, g))
+        return 0;
+    if (rasd_hest_at(ghes, g))
+        return 0;
+    return RASD_F_READ_FAULT;
 }
 
 /* One GHES record: the HEST identity plus a bounded copy of the status block. */
@@ -91,7 +110,7 @@ int rasd_ghes_do_proc(struct pt_regs *ctx)
  * -ENOENT (no record) is the idle poll result and is not emitted. */
 int rasd_ghes_proc_entry(struct pt_regs *ctx)
 {
-    rasd_stash_tid_put(PT_REGS_PARM1(ctx), 0, 0, 0);
+    rasd_stash_tid_put(RASD_P_GHES_PROC, PT_REGS_PARM1(ctx), 0, 0, 0);
     return 0;
 }
 
@@ -102,7 +121,7 @@ int rasd_ghes_proc_return(struct pt_regs *ctx)
     u16 flags = RASD_F_RETURN;
     struct rasd_ghes g = {};
 
-    if (!rasd_stash_tid_take(&s))
+    if (!rasd_stash_tid_take(RASD_P_GHES_PROC, &s))
         flags |= RASD_F_NO_ENTRY;
     if (ret == -2 /* -ENOENT */)
         return 0;
@@ -122,7 +141,7 @@ int rasd_ghes_proc_in_irq(struct pt_regs *ctx)
  * Returns 0 claimed, -ENOENT not claimed, -EINPROGRESS (N) work queued. */
 int rasd_apei_claim_sea_entry(struct pt_regs *ctx)
 {
-    rasd_stash_tid_put(PT_REGS_PARM1(ctx), 0, 0, 0);
+    rasd_stash_tid_put(RASD_P_APEI_CLAIM_SEA, PT_REGS_PARM1(ctx), 0, 0, 0);
     return 0;
 }
 
@@ -132,7 +151,7 @@ int rasd_apei_claim_sea_return(struct pt_regs *ctx)
     u16 flags = RASD_F_RETURN;
     u64 pc = 0, mode = 0;
 
-    if (!rasd_stash_tid_take(&s))
+    if (!rasd_stash_tid_take(RASD_P_APEI_CLAIM_SEA, &s))
         flags |= RASD_F_NO_ENTRY;
     else
         flags |= rasd_read_regs((void *)s.arg[0], &pc, &mode);

@@ -54,3 +54,17 @@ int rasd_test_ghes(void *ctx)
     m->generic_ptr = (u64)m->generic;
     return rasd_ghes_record(RASD_P_TEST, 0, m, m->estatus);
 }
+
+/* Debian 6.1's ghes_do_proc.isra.0: its first argument is ghes->generic, not ghes. */
+int rasd_test_ghes_isra(void *ctx)
+{
+    u32 zero = 0;
+    struct rasd_test_ghes *m;
+
+    RASD_TEST_ONLY_ME();
+    m = rasd_test_ghes_mem.lookup(&zero);
+    if (!m)
+        return 0;
+    m->generic_ptr = (u64)m->generic;
+    return rasd_ghes_record(RASD_P_TEST, 0, m->generic, m->estatus);
+}

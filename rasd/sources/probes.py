@@ -108,6 +108,10 @@ PROBES: tuple[Probe, ...] = (
     Probe("kvm_inject_serror_esr", 12, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_inject_serror_esr",), entry_fn="rasd_kvm_inject_serror_esr",
           call_fields=_cf(("vcpu", "esr")), esr_param=1, yields="virtual SError injected (6.17+)"),
+    Probe("kvm_set_sei_esr", 23, "kprobe", "kvm_arm.c", ARM64,
+          symbols=("kvm_set_sei_esr",), entry_fn="rasd_kvm_set_sei_esr",
+          call_fields=_cf(("vcpu", "esr")), esr_param=1,
+          yields="virtual SError with a chosen syndrome (<=6.16, KVM_SET_VCPU_EVENTS)"),
     # --- host SError / SEA -------------------------------------------------
     Probe("do_serror", 13, "kprobe", "serror.c", ARM64,
           symbols=("do_serror",), entry_fn="rasd_do_serror",

@@ -251,6 +251,29 @@ def test_ghes_body_copies_the_status_block(raw_off, raw_len, data_len, want_len)
         lp.close()
 
 
+def test_ghes_body_reads_the_isra_clone_argument():
+    """Debian 6.1's ghes_do_proc.isra.0 is passed ghes->generic instead of ghes (seen in
+    the arm64 lab: notify type read as 0, "polled", for an SEA record): the HEST
+    identity is still read, from the entry itself."""
+    from rasd.sources.bpfsys import update_elem
+    lp = load_probes(ringbuf_pages=16, require_any=False,
+                     test_attach=[ExtraAttach("rasd_test_ghes_isra",
+                                              "syscalls:sys_enter_getppid")],
+                     extra_cflags=[f"-DRASD_TEST_TGID={os.getpid()}"])
+    try:
+        update_elem(lp.map_fds["rasd_test_ghes_mem"], struct.pack("<I", 0),
+                    _fake_ghes(_estatus(0, 0, 72)))
+        os.getppid()
+        assert lp.ringbuf.poll(1.0)
+        (rec,) = list(lp.read())
+        f = rec.fields
+        assert (f["source_id"], f["hest_type"], f["notify_type"], f["error_block_length"]) == \
+            (7, 10, 8, 0x2000)
+        assert f["estatus_len"] == 92 and "read_fault" not in rec.flags
+    finally:
+        lp.close()
+
+
 def _uprobe_pair(entry_fn: str | None, exit_fn: str | None, libc_fn: str,
                  cflags: tuple[str, ...] = ()):
     libc = _libc_path()
