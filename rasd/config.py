@@ -58,6 +58,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ringbuf_pages": Key(int, 64, "BPF ring buffer size in pages (power of two)",
                              _power_of_two),
         "enabled": Key(bool, True, "load the eBPF probes (false: tracefs/kmsg/BERT only)"),
+        "loader_timeout_s": Key((int, float), 120, "how long the probe loader child may take "
+                                "to compile and attach (bcc's compile is slow on small or "
+                                "busy machines)", _positive),
     },
     "tracefs": {
         "instance": Key(str, "rasd",

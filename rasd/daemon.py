@@ -138,7 +138,8 @@ class Daemon:
         from .sources.resolve import NoProbesError
         t0 = time.monotonic()
         try:
-            self.loaded = load_probes(self.view, ringbuf_pages=self.cfg["bpf"]["ringbuf_pages"])
+            self.loaded = load_probes(self.view, ringbuf_pages=self.cfg["bpf"]["ringbuf_pages"],
+                                      timeout=self.cfg["bpf"]["loader_timeout_s"])
         except NoProbesError as exc:
             self.notes.append(str(exc))
             log.error("%s", exc)
