@@ -413,10 +413,10 @@ def event_json(row: Any, reader: Any) -> dict:
 
 def incident_json(row: Any) -> dict:
     d = {k: row[k] for k in row.keys()}
-    for name in ("location", "vm", "blast_radius", "disagreements", "event_kinds"):
-        d[name] = None if d[name] is None else json.loads(d[name])
-    for name in ("phys_addr", "mpidr"):
-        d[name] = None if d[name] is None else hex(d[name])
+    for name in ("location", "vm", "blast_radius", "disagreements", "event_kinds", "sections"):
+        d[name] = None if d.get(name) is None else json.loads(d[name])
+    for name in ("phys_addr", "mpidr", "esr"):
+        d[name] = None if d.get(name) is None else hex(d[name])
     d.pop("sev_rank", None)
     d.pop("vm_name", None)
     d["closed"] = bool(d["closed"])

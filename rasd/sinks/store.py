@@ -158,7 +158,17 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     conn.executescript("BEGIN;" + SCHEMA_V1 + "COMMIT;")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Incidents keep the syndrome (first ESR, its AET) and the CPER section types seen:
+    a guest SEA's incident must show its ESR without opening the events."""
+    conn.executescript("BEGIN;"
+                       "ALTER TABLE incidents ADD COLUMN esr INTEGER;"
+                       "ALTER TABLE incidents ADD COLUMN aet TEXT;"
+                       "ALTER TABLE incidents ADD COLUMN sections TEXT;"  # JSON list
+                       "COMMIT;")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -357,7 +367,8 @@ def incident_row(inc: Incident) -> tuple:
             _json_or_none(inc.vm), vm_name(inc.vm), _json_or_none(inc.blast_radius),
             _dumps(list(inc.disagreements)), _dumps(kinds),
             max(len(inc.event_ids), inc.event_count), int(inc.closed),
-            getattr(inc, "merged_into", None))
+            getattr(inc, "merged_into", None), _int64(inc.esr), inc.aet,
+            _dumps(list(inc.sections)) if inc.sections else None)
 
 
 # How often an open incident whose state did not change is rewritten (_due_incidents).

@@ -61,7 +61,7 @@ INSERT_EVENT = (f"INSERT OR REPLACE INTO events ({', '.join(EVENT_COLUMNS)}) "
 INCIDENT_COLUMNS = ("id", "kind", "key", "first_wall_ns", "last_wall_ns", "severity", "sev_rank",
                     "containment", "summary", "pfn", "phys_addr", "location", "cpu", "mpidr",
                     "vm", "vm_name", "blast_radius", "disagreements", "event_kinds",
-                    "event_count", "closed", "merged_into")
+                    "event_count", "closed", "merged_into", "esr", "aet", "sections")
 UPSERT_INCIDENT = (f"INSERT OR REPLACE INTO incidents ({', '.join(INCIDENT_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * len(INCIDENT_COLUMNS))})")
 ROLLUP_ADD = ("INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "

@@ -78,7 +78,8 @@ def test_fresh_store_is_wal_v1_and_ids_continue_after_reopen(db: Path, writer: s
     assert s.next_event_id == 4 and s.next_incident_id == 1
     assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert s.conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert s.conn.execute("SELECT version FROM schema_version").fetchall() == \
+        [(v,) for v in range(1, store_mod.SCHEMA_VERSION + 1)]
     e = ce_event()
     s.handle(e)
     assert e.id == 4
@@ -110,11 +111,37 @@ def test_migration_path_applies_new_steps_in_order_and_keeps_data(db: Path) -> N
                            "UPDATE events SET dimm_label = 'DIMM_B3'; COMMIT;")
 
     conn = sqlite3.connect(db, isolation_level=None)
-    assert schema_version(conn) == 1
-    assert migrate(conn, store_mod.MIGRATIONS + [v1_to_v2]) == (1, 2)
-    assert migrate(conn, store_mod.MIGRATIONS + [v1_to_v2]) == (2, 2)  # idempotent
+    now = store_mod.SCHEMA_VERSION
+    assert schema_version(conn) == now
+    assert migrate(conn, store_mod.MIGRATIONS + [v1_to_v2]) == (now, now + 1)
+    assert migrate(conn, store_mod.MIGRATIONS + [v1_to_v2]) == (now + 1, now + 1)  # idempotent
     assert conn.execute("SELECT id, dimm_label FROM events").fetchall() == [(1, "DIMM_B3")]
-    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [1, 2]
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == \
+        list(range(1, now + 2))
+    conn.close()
+
+
+def test_a_v1_store_gains_the_incident_syndrome_columns(db: Path) -> None:
+    """v1 -> v2: incidents keep their first ESR, its AET and the CPER section types; old
+    incident rows stay and read with those unknown."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, store_mod.MIGRATIONS[:1])
+    conn.execute("INSERT INTO incidents (id, kind, key, first_wall_ns, last_wall_ns, "
+                 "event_count, closed) VALUES (1, 'guest_sea', 'tid:7', 1, 2, 1, 1)")
+    conn.close()
+    s = Store(db)
+    inc = Incident(kind="guest_sea", key="tid:8", first_wall_ns=T0, last_wall_ns=T0, id=2,
+                   esr=0x93C48017, aet=None, sections=["memory"], closed=True)
+    s.save_incident(inc)
+    s.close()
+    from rasd.cli.rasdctl import incident_json
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = {r["id"]: incident_json(r) for r in conn.execute("SELECT * FROM incidents")}
+    assert schema_version(conn) == 2
+    assert (rows[1]["esr"], rows[1]["sections"]) == (None, None)
+    assert (rows[2]["esr"], rows[2]["sections"]) == ("0x93c48017", ["memory"])
     conn.close()
 
 
