@@ -60,6 +60,10 @@ def build(cfg: Config, decoder: EventDecoder, sinks: list[Sink],
                       cfg["actions"]["max_pages_per_day"], cfg["actions"]["max_cpu_share"])
 
     def predictive(incident: Incident, event: Any) -> None:
+        # A threshold verdict is complete when it trips and nothing ever closes it later:
+        # closed, it is stored as final, alerted (journal alerts only closed incidents
+        # below critical) and counted in rasd_incidents_total.
+        incident.closed = True
         notify(incident)
         actions.on_predictive(incident)
 

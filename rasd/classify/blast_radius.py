@@ -21,6 +21,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rasd.classify.vm import deepest_unit, owner_from_cgroup_path
@@ -352,11 +353,13 @@ def classify(snap: PageSnapshot, resolver: CgroupResolver | None = None) -> Blas
 class PageInspector:
     """Holds the /proc/kpage* files open and the cgroup cache; one per daemon."""
 
-    def __init__(self, proc: str = "/proc", resolver: CgroupResolver | None = None) -> None:
+    def __init__(self, proc: str = "/proc", resolver: CgroupResolver | None = None,
+                 ksm: str = "/sys/kernel/mm/ksm") -> None:
         self.flags = _KpageFile(f"{proc}/kpageflags")
         self.cgroup = _KpageFile(f"{proc}/kpagecgroup")
         self.count = _KpageFile(f"{proc}/kpagecount")
         self._resolver = resolver
+        self.ksm = Path(ksm)
 
     @property
     def resolver(self) -> CgroupResolver:
@@ -373,6 +376,13 @@ class PageInspector:
         snap.flags, err = self.flags.read(pfn)
         if err:
             snap.errors.append(err)
+        if snap.flags is not None and snap.flags & F["KSM"] and not self.ksm_pages():
+            # Some kernels (seen on 6.12.95: stable_page_flags tests `mapping &
+            # PAGE_MAPPING_KSM`, true for every anonymous folio) set KPF_KSM on plain
+            # anonymous pages. With no KSM-merged page on the system it cannot be one.
+            snap.flags &= ~F["KSM"]
+            snap.errors.append("kpageflags said KSM but no page is KSM-merged "
+                               "(/sys/kernel/mm/ksm/pages_shared 0): KSM bit ignored")
         snap.cgroup_ino, err = self.cgroup.read(pfn)
         if err and snap.flags is not None:
             snap.errors.append(err)  # flags errors already say it for a bad pfn
@@ -380,6 +390,13 @@ class PageInspector:
         if err and snap.flags is not None:
             snap.errors.append(err)
         return snap
+
+    def ksm_pages(self) -> bool:
+        """Whether any KSM-merged page exists (False without KSM in the kernel)."""
+        try:
+            return int((self.ksm / "pages_shared").read_text()) > 0
+        except (OSError, ValueError):
+            return False
 
     def blast_radius(self, pfn: int) -> BlastRadius:
         return classify(self.snapshot(pfn), self.resolver)

@@ -120,7 +120,8 @@ def _memory_failure(event: Event) -> Verdict:
     if result in ("handled", "already_poisoned"):
         how = "SIGBUS to the task that touched it" if f.get("action_required") else \
               "mappers unmapped (killed under early-kill)"
-        return "recoverable", "page_isolated", f"page {f.get('pfn', 0):#x} poisoned and isolated; {how}"
+        page = f"page {f['pfn']:#x}" if f.get("pfn") is not None else "a page (pfn not seen)"
+        return "recoverable", "page_isolated", f"{page} poisoned and isolated; {how}"
     if result == "filtered":
         return "info", "none_needed", "filtered by hwpoison_filter"
     return "uncorrected", "not_contained", f"memory_failure failed ({f.get('ret')}): page still in use"
