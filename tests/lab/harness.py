@@ -19,7 +19,6 @@ qemu.cmdline, qemu.stderr, qmp.log, and share/ (the guest's /lab).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import re
@@ -223,6 +222,8 @@ class Guest:
     qmp_enabled: bool = True
     extra_args: list = field(default_factory=list)
     boot_timeout: float = 120.0
+    systemd: bool = False       # lab.mode=systemd: systemd is PID 1, commands run in the rootfs
+    hostfwd: dict = field(default_factory=dict)   # {host port: guest port}, QEMU user net
 
     def __post_init__(self):
         self.outdir = Path(self.outdir)
@@ -235,12 +236,19 @@ class Guest:
     # -- life cycle -------------------------------------------------------
 
     def command_line(self) -> list[str]:
+        mode = "lab.mode=systemd systemd.show_status=0" if self.systemd else ""
         append = " ".join(["console=ttyAMA0 acpi=force loglevel=7 rdinit=/init panic=-1",
-                           self.append]).strip()
+                           mode, self.append]).strip()
+        if self.hostfwd:
+            fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.hostfwd.items())
+            # romfile= : no iPXE option ROM (not in the QEMU tree, not needed)
+            nic = ["-netdev", f"user,id=n0{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        else:
+            nic = ["-nic", "none"]
         argv = [*self.qemu.argv, "-M", self.machine, "-cpu", "max", "-smp", str(self.smp),
                 "-m", self.mem, "-bios", str(self.qemu.firmware),
                 "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initrd),
-                "-append", append, "-display", "none", "-monitor", "none", "-nic", "none",
+                "-append", append, "-display", "none", "-monitor", "none", *nic,
                 "-no-reboot",
                 "-chardev", f"socket,id=ser0,path={self._sock('serial')},server=on,wait=on,"
                             f"logfile={self.outdir / 'serial.log'}",
@@ -308,7 +316,8 @@ class Guest:
         """Power off (politely if possible), then make sure QEMU is gone."""
         if self.proc and self.proc.poll() is None and self.console and not self.console.closed:
             try:
-                self.console.send("@@RUN 0 " + base64.b64encode(b"poweroff -f").decode())
+                off = b"systemctl poweroff -ff" if self.systemd else b"poweroff -f"
+                self.console.send("@@RUN 0 " + base64.b64encode(off).decode())
             except OSError:
                 pass
         try:
@@ -334,7 +343,7 @@ class Guest:
     def run(self, cmd: str, timeout: float = 60.0, check: bool = True,
             root: bool = False) -> CmdResult:
         """Run a shell command in the guest (root=True: chrooted in the rootfs)."""
-        if root:
+        if root and not self.systemd:
             # Through a file: no quoting of arbitrary commands needed.
             cmd = (f"cat > /root/tmp/lab-cmd.sh <<'LAB_EOF'\n{cmd}\nLAB_EOF\n"
                    "chroot /root /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "

@@ -20,6 +20,7 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing
+mount -t securityfs securityfs /sys/kernel/security   # lockdown mode, for rasd
 echo "@@LAB-INIT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
 
 while read -r m; do
@@ -65,29 +66,58 @@ if grep -q " /root " /proc/mounts; then
     mount -t tmpfs tmpfs /root/tmp
     mount -t tmpfs tmpfs /root/run
 fi
-
-if [ "$(opt mode)" = systemd ]; then
-    echo "@@LAB-SWITCH systemd"
-    for d in proc sys dev; do umount -l "/root/$d"; done
-    exec switch_root /root /lib/systemd/systemd
-fi
-
 # Extra set-up shipped by a scenario (e.g. the POLLED sources' pointers).
 [ -x /etc/lab-boot.sh ] && /etc/lab-boot.sh
 
+# The harness's command loop (protocol in harness.py), for both modes.
+cat > /bin/lab-serve <<'EOF'
+#!/bin/sh
 # The console echoes input by default; the harness must see only output.
-stty -echo -F /dev/console 2>/dev/null
+stty -echo 2>/dev/null
 echo "@@LAB-READY uptime=$(cut -d' ' -f1 /proc/uptime)"
 while IFS= read -r line; do
     case "$line" in
     "@@RUN "*)
         set -- $line
         echo "@@LAB-BEGIN $2"
-        echo "$3" | base64 -d > /tmp/cmd.sh
-        sh /tmp/cmd.sh < /dev/null
+        echo "$3" | base64 -d > /tmp/lab-cmd-run.sh
+        sh /tmp/lab-cmd-run.sh < /dev/null
         echo "@@LAB-END $2 $?"
         ;;
     esac
-done < /dev/console
+done
 echo "@@LAB-EOF"
-poweroff -f
+EOF
+chmod 755 /bin/lab-serve
+
+if [ "$(opt mode)" = systemd ]; then
+    # systemd as PID 1 in the rootfs (tmpfs overlay); the command loop becomes a
+    # service on the serial console and the serial getty is masked.
+    u=/root/etc/systemd/system
+    mkdir -p /root/usr/local/sbin "$u/multi-user.target.wants"
+    cp /bin/lab-serve /root/usr/local/sbin/lab-serve
+    cat > "$u/lab-serve.service" <<'EOF'
+[Unit]
+Description=rasd lab: harness commands on the serial console
+After=systemd-journald.service
+[Service]
+ExecStart=/usr/local/sbin/lab-serve
+StandardInput=tty-force
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyAMA0
+TTYReset=no
+TTYVHangup=no
+Restart=always
+[Install]
+WantedBy=multi-user.target
+EOF
+    ln -sf ../lab-serve.service "$u/multi-user.target.wants/lab-serve.service"
+    ln -sf /dev/null "$u/serial-getty@ttyAMA0.service"
+    ln -sf /dev/null "$u/getty@tty1.service"
+    echo "@@LAB-SWITCH systemd"
+    for d in proc sys dev; do umount -l "/root/$d"; done
+    exec switch_root /root /lib/systemd/systemd
+fi
+
+exec /bin/lab-serve < /dev/console > /dev/console 2>&1
