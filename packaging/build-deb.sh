@@ -21,6 +21,7 @@
 #   /usr/share/rasd/bpf/                         eBPF C sources compiled by bcc at start
 #   /usr/share/rasd/systemd/page-offline.conf    opt-in drop-in (CAP_SYS_ADMIN)
 #   /usr/share/rasd/systemd/kernel-log.conf      opt-in drop-in (/dev/kmsg, lockdown=confidentiality)
+#   /usr/share/rasd/systemd/perf-paranoid.conf   drop-in for perf_event_paranoid > 2 (postinst links it)
 #   /usr/lib/systemd/catalog/rasd.catalog        journal message catalog
 #   /usr/share/rasd/prometheus/rasd-alerts.yml   alert rules
 #   /usr/share/rasd/grafana/rasd.json            dashboard
@@ -73,6 +74,7 @@ done
 install -D -m 644 packaging/rasd.service "$ST/lib/systemd/system/rasd.service"
 install -D -m 644 packaging/debian/page-offline.conf "$ST/usr/share/rasd/systemd/page-offline.conf"
 install -D -m 644 packaging/debian/kernel-log.conf "$ST/usr/share/rasd/systemd/kernel-log.conf"
+install -D -m 644 packaging/debian/perf-paranoid.conf "$ST/usr/share/rasd/systemd/perf-paranoid.conf"
 mkdir -p "$ST/etc/rasd"
 "$PY" scripts/gen-config.py --stdout > "$ST/etc/rasd/rasd.toml"   # always SCHEMA's
 chmod 644 "$ST/etc/rasd/rasd.toml"

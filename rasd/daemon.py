@@ -152,6 +152,10 @@ class Daemon:
         for r in self.loaded.results:
             log.info("probe %-26s %-15s %s %s", r.probe, r.status, r.symbol or "", r.reason)
         log.info("probes loaded in %.2f s", time.monotonic() - t0)
+        hint = perf_paranoid_hint(self.loaded.results)
+        if hint:
+            self.notes.append(hint)
+            log.error("%s", hint)
 
     def _start_instance(self) -> None:
         """The tracefs instance that buffered ras:* while rasd was down: drain it now."""
@@ -438,6 +442,30 @@ class Daemon:
 
 
 KERNEL_LOG_DROPIN = "/usr/share/rasd/systemd/kernel-log.conf"
+PERF_PARANOID_DROPIN = "/usr/share/rasd/systemd/perf-paranoid.conf"
+CAP_SYS_ADMIN = 21
+
+
+def perf_paranoid_hint(results: list, proc: str = "/proc") -> str | None:
+    """Why kprobes and tracepoints failed, when it is Debian's perf_event_paranoid > 2
+    (only CAP_SYS_ADMIN may call perf_event_open then) and rasd lacks CAP_SYS_ADMIN."""
+    failed = [r for r in results if r.status == "failed" and r.kind != "fentry"
+              and "hot path" not in (r.reason or "")]
+    if not failed:
+        return None
+    try:
+        paranoid = int(Path(f"{proc}/sys/kernel/perf_event_paranoid").read_text())
+        status = Path(f"{proc}/self/status").read_text()
+        cap_eff = int(next(line.split()[1] for line in status.splitlines()
+                           if line.startswith("CapEff:")), 16)
+    except (OSError, ValueError, StopIteration):
+        return None
+    if paranoid <= 2 or cap_eff >> CAP_SYS_ADMIN & 1:
+        return None
+    return (f"{len(failed)} probe(s) failed to attach: kernel.perf_event_paranoid={paranoid} "
+            "(Debian's default) lets only CAP_SYS_ADMIN call perf_event_open; install "
+            f"{PERF_PARANOID_DROPIN} as a drop-in of rasd.service (the package does when it "
+            "sees this at install), or set the sysctl to 2")
 
 
 def _format_text(key: str) -> str:

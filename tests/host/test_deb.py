@@ -110,6 +110,7 @@ def test_contents(deb):
         "usr/share/rasd/bpf/common.h": "-rw-r--r--",
         "usr/share/rasd/systemd/page-offline.conf": "-rw-r--r--",
         "usr/share/rasd/systemd/kernel-log.conf": "-rw-r--r--",
+        "usr/share/rasd/systemd/perf-paranoid.conf": "-rw-r--r--",
         "usr/share/man/man8/rasd.8.gz": "-rw-r--r--",
         "usr/share/man/man1/rasdctl.1.gz": "-rw-r--r--",
         "usr/share/doc/rasd/copyright": "-rw-r--r--",
@@ -366,11 +367,28 @@ def test_bpf_sources_found_by_loader(installed):
     assert bpf_dir == "/usr/share/rasd/bpf"
 
 
+def test_perf_paranoid_3_gets_the_cap_sys_admin_drop_in_once(installed):
+    """Debian kernels' perf_event_paranoid=3 lets only CAP_SYS_ADMIN attach kprobes and
+    tracepoints: configure links the drop-in then, once; removed by the admin, it stays
+    removed on the next configure (upgrade)."""
+    link = installed.path / "etc/systemd/system/rasd.service.d/perf-paranoid.conf"
+    assert not link.exists()  # this host's paranoid level is what the install saw
+    installed.run("rm -f /var/lib/rasd/.perf-paranoid-dropin-offered")
+    installed.run("RASD_PERF_PARANOID=3 /var/lib/dpkg/info/rasd.postinst configure 0.1")
+    assert os.readlink(link) == "/usr/share/rasd/systemd/perf-paranoid.conf"
+    p = installed.run("cat /etc/systemd/system/rasd.service.d/perf-paranoid.conf")
+    assert "CapabilityBoundingSet=CAP_SYS_ADMIN" in p.stdout
+    link.unlink()
+    installed.run("RASD_PERF_PARANOID=3 /var/lib/dpkg/info/rasd.postinst configure 0.1")
+    assert not link.exists()  # the administrator's choice stands
+
+
 def test_purge_leaves_nothing(installed):
     """Last: purge, and the package's files, the enablement and the config are gone."""
     installed.run("mkdir -p /var/lib/rasd && touch /var/lib/rasd/rasd.db")
     installed.run("apt-get purge -y -q rasd")
     for path in ("usr/bin/rasd", "usr/lib/python3/dist-packages/rasd", "etc/rasd",
                  "lib/systemd/system/rasd.service", "var/lib/rasd",
-                 "etc/systemd/system/multi-user.target.wants/rasd.service"):
+                 "etc/systemd/system/multi-user.target.wants/rasd.service",
+                 "etc/systemd/system/rasd.service.d"):
         assert not (installed.path / path).exists(), path

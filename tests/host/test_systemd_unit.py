@@ -24,7 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "rasd.service"
 DROPINS = {"page-offline": ROOT / "packaging" / "debian" / "page-offline.conf",
-           "kernel-log": ROOT / "packaging" / "debian" / "kernel-log.conf"}
+           "kernel-log": ROOT / "packaging" / "debian" / "kernel-log.conf",
+           "perf-paranoid": ROOT / "packaging" / "debian" / "perf-paranoid.conf"}
 # Issue 5 asks for <= 2.5; this unit scores 2.4. ProtectKernelTunables= (kallsyms hidden, tracefs
 # forced read-only) and ProtectKernelModules= (the kernel headers bcc compiles against) would hide
 # what rasd needs (0.2 each): the unit applies their other effects explicitly and restricts
@@ -318,7 +319,10 @@ def test_unit_under_systemd(tmp_path_factory):
     assert r["started"]["WatchdogUSec"] == "6s", why
     # sandbox as the unit says: exactly the two capabilities, seccomp, no new privileges
     status = dict(l.split(":\t") for l in (root / "root/status").read_text().splitlines())
-    assert int(status["CapBnd"], 16) == (1 << 39) | (1 << 38), status  # BPF PERFMON
+    caps = (1 << 39) | (1 << 38)  # BPF PERFMON
+    if (root / "etc/systemd/system/rasd.service.d/perf-paranoid.conf").exists():
+        caps |= 1 << 21  # postinst saw perf_event_paranoid > 2: CAP_SYS_ADMIN drop-in
+    assert int(status["CapBnd"], 16) == caps, status
     assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", status
     mounts = {}
     for line in (root / "root/mountinfo").read_text().splitlines():
