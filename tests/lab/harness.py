@@ -360,7 +360,12 @@ class Guest:
         end, last = self.console.wait(lambda l: l.text.startswith(f"@@LAB-END {cid} "),
                                       begin, timeout - (time.monotonic() - t0))
         body = self.console.lines[begin + 1:end]
-        res = CmdResult(cmd, int(last.text.split()[-1]), [l.text for l in body if not l.kernel],
+        # the status is the number right after the marker: a kernel message printed at the
+        # same moment can run on in the same serial line ("@@LAB-END 7 0[ 12.3] ... ECC")
+        rc = re.match(rf"@@LAB-END {cid} (-?\d+)", last.text)
+        if rc is None:
+            raise GuestError(f"unreadable end marker for command {cid}: {last.text!r}")
+        res = CmdResult(cmd, int(rc.group(1)), [l.text for l in body if not l.kernel],
                         [l.text for l in body if l.kernel], time.monotonic() - t0)
         if check and res.rc != 0:
             raise GuestError(f"guest command failed (rc {res.rc}): {cmd}\n{res.text()}")
