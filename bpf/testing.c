@@ -42,7 +42,9 @@ struct rasd_test_ghes {
 };
 BPF_ARRAY(rasd_test_ghes_mem, struct rasd_test_ghes, 1);
 
-int rasd_test_ghes(void *ctx)
+/* The GHES body on test memory; isra: pass ghes->generic as the first argument, as
+ * Debian 6.1's ghes_do_proc.isra.0 is called, instead of the ghes. */
+static __always_inline int rasd_test_ghes_body(int isra)
 {
     u32 zero = 0;
     struct rasd_test_ghes *m;
@@ -52,19 +54,15 @@ int rasd_test_ghes(void *ctx)
     if (!m)
         return 0;
     m->generic_ptr = (u64)m->generic;
-    return rasd_ghes_record(RASD_P_TEST, 0, m, m->estatus);
+    return rasd_ghes_record(RASD_P_TEST, 0, isra ? (void *)m->generic : (void *)m, m->estatus);
 }
 
-/* Debian 6.1's ghes_do_proc.isra.0: its first argument is ghes->generic, not ghes. */
+int rasd_test_ghes(void *ctx)
+{
+    return rasd_test_ghes_body(0);
+}
+
 int rasd_test_ghes_isra(void *ctx)
 {
-    u32 zero = 0;
-    struct rasd_test_ghes *m;
-
-    RASD_TEST_ONLY_ME();
-    m = rasd_test_ghes_mem.lookup(&zero);
-    if (!m)
-        return 0;
-    m->generic_ptr = (u64)m->generic;
-    return rasd_ghes_record(RASD_P_TEST, 0, m->generic, m->estatus);
+    return rasd_test_ghes_body(1);
 }
