@@ -379,32 +379,20 @@ class Rasd:
     def wait_events(self, pred: Callable[[list[dict]], bool], since: int = 0,
                     timeout: float = 60, what: str = "events") -> list[dict]:
         """Events with id > since, polled until pred(events) holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            evs = [e for e in self.events() if e["id"] > since]
-            if pred(evs):
-                return evs
-            if time.monotonic() > deadline:
-                kinds: dict = {}
-                for e in evs:
-                    kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-                raise RasdError(f"timeout {timeout:.0f}s waiting for {what}; stored since "
-                                f"event {since}: {kinds}")
-            time.sleep(1)
+        def stored(evs: list[dict]) -> str:
+            kinds: dict = {}
+            for e in evs:
+                kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+            return f"stored since event {since}: {kinds}"
+        return _poll_new(self.events, pred, since, timeout, what, stored)
 
     def wait_incidents(self, pred: Callable[[list[dict]], bool], since: int = 0,
                        timeout: float = 60, what: str = "incidents") -> list[dict]:
         """Incidents with id > since, polled until pred(incidents) holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            incs = [i for i in self.incidents() if i["id"] > since]
-            if pred(incs):
-                return incs
-            if time.monotonic() > deadline:
-                brief = [(i["id"], i["kind"], i.get("closed")) for i in incs]
-                raise RasdError(f"timeout {timeout:.0f}s waiting for {what}; incidents since "
-                                f"{since}: {brief}")
-            time.sleep(1)
+        def brief(incs: list[dict]) -> str:
+            return f"incidents since {since}: " + \
+                str([(i["id"], i["kind"], i.get("closed")) for i in incs])
+        return _poll_new(self.incidents, pred, since, timeout, what, brief)
 
     def metrics(self, save_as: str | None = None) -> Metrics:
         """Scrape /metrics: from the host through QEMU's hostfwd when the guest has one
@@ -622,3 +610,17 @@ class Coverage:
 
 
 COVERAGE = Coverage()
+
+
+def _poll_new(fetch: Callable[[], list[dict]], pred: Callable[[list[dict]], bool], since: int,
+              timeout: float, what: str, describe: Callable[[list[dict]], str]) -> list[dict]:
+    """Rows with id > since from fetch(), polled once a second until pred(rows) holds;
+    a timeout says what was there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in fetch() if r["id"] > since]
+        if pred(rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise RasdError(f"timeout {timeout:.0f}s waiting for {what}; {describe(rows)}")
+        time.sleep(1)
