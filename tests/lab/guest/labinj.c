@@ -229,8 +229,9 @@ static void catch_sigbus(void)
 		code_;                                                               \
 	})
 
-/* A page of our own, touched so it is backed, and its physical address. */
-static volatile char *own_page(uint64_t *pa)
+/* A page of our own, touched so it is backed, and its physical address; announced
+ * ("labinj: <role> page pa=... pfn=... pid=...") for the host, which reads it. */
+static volatile char *own_page(const char *role, uint64_t *pa)
 {
 	long pg = sysconf(_SC_PAGESIZE);
 	volatile char *p = mmap(NULL, pg, PROT_READ | PROT_WRITE,
@@ -246,6 +247,9 @@ static volatile char *own_page(uint64_t *pa)
 	if (!(ent & (1ULL << 63)) || !(ent & ((1ULL << 55) - 1)))
 		die("page not present / PFN hidden");
 	*pa = (ent & ((1ULL << 55) - 1)) * pg;
+	printf("labinj: %s page pa=0x%" PRIx64 " pfn=0x%" PRIx64 " pid=%d\n",
+	       role, *pa, *pa / pg, getpid());
+	fflush(stdout);
 	return p;
 }
 
@@ -271,10 +275,8 @@ static int cmd_sea(unsigned id, const char *file, int victim)
 	uint64_t pa = 0;
 	volatile char *page = NULL;
 	if (victim) {
-		page = own_page(&pa);
+		page = own_page("victim", &pa);
 		patch_victim(rec, len, pa);
-		printf("labinj: victim page pa=0x%" PRIx64 " pfn=0x%" PRIx64 " pid=%d\n",
-		       pa, pa / sysconf(_SC_PAGESIZE), getpid());
 	}
 	volatile uint32_t *hole = map_phys(UNASSIGNED_PA, 4);
 	write_block(&s, rec, len, 1000);
@@ -306,10 +308,7 @@ static int cmd_feed(int count, const char *file, char **ids, int nids)
 static int cmd_madvise(void)
 {
 	uint64_t pa;
-	volatile char *page = own_page(&pa);
-	printf("labinj: madvise page pa=0x%" PRIx64 " pfn=0x%" PRIx64 " pid=%d\n",
-	       pa, pa / sysconf(_SC_PAGESIZE), getpid());
-	fflush(stdout);
+	volatile char *page = own_page("madvise", &pa);
 	catch_sigbus();
 	/* 6.12 kills at once (MF_ACTION_REQUIRED from madvise itself); 6.1
 	 * poisons quietly and the re-touch faults. */
@@ -325,10 +324,7 @@ static int cmd_madvise(void)
 static int cmd_hold(int seconds)
 {
 	uint64_t pa;
-	volatile char *page = own_page(&pa);
-	printf("labinj: hold page pa=0x%" PRIx64 " pfn=0x%" PRIx64 " pid=%d\n",
-	       pa, pa / sysconf(_SC_PAGESIZE), getpid());
-	fflush(stdout);
+	volatile char *page = own_page("hold", &pa);
 	catch_sigbus();
 	/* An early-kill memory_failure sends BUS_MCEERR_AO while we sleep. */
 	EXPECT_SIGBUS("hold", { sleep(seconds); (void)page[0]; });
