@@ -151,7 +151,10 @@ class Daemon:
         self.notes.extend(self.loaded.notes)
         for r in self.loaded.results:
             log.info("probe %-26s %-15s %s %s", r.probe, r.status, r.symbol or "", r.reason)
-        log.info("probes loaded in %.2f s", time.monotonic() - t0)
+        st = self.loaded.stats
+        log.info("probes loaded in %.2f s (loader child %.2f s, of which BTF %.2f s, "
+                 "bcc compile + verifier %.2f s)", time.monotonic() - t0,
+                 st.get("total_s", 0), st.get("btf_s", 0), st.get("compile_s", 0))
         hint = perf_paranoid_hint(self.loaded.results)
         if hint:
             self.notes.append(hint)

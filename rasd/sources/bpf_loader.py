@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .probes import BPF_SOURCES, BPF_TEST_SOURCE, PROBES, TEST_PROBE_ID, Probe
 from .records import Record, parse_record
@@ -36,6 +36,9 @@ from .resolve import (ATTACHED, FAILED, HOT_KPROBE_REASON, PENDING, Features, Ke
                       Resolution, detect_features, require_some, resolve)
 from .ringbuf import LostCounter, RingBuffer
 from .tracefs import EventFormat, find_tracefs, parse_format
+
+if TYPE_CHECKING:
+    from .btf import Btf
 
 def _bpf_dir() -> Path:
     """bpf/*.c: $RASD_BPF_DIR, else the checkout's bpf/ next to the rasd package, else
@@ -333,7 +336,7 @@ def _source_text(bpf_dir: str, extra: list[str], testing: bool = False,
     return "\n".join(parts) + "\n"
 
 
-def _btf_cflags(request: dict) -> tuple[list[str], set[str] | None, list[str]]:
+def _btf_cflags(request: dict) -> tuple[list[str], Btf | None, list[str]]:
     """Struct offsets and esr parameter widths from the running kernel's BTF;
     also its function names (fentry targets must be BTF functions)."""
     plans = request["probes"]
@@ -361,7 +364,7 @@ def _btf_cflags(request: dict) -> tuple[list[str], set[str] | None, list[str]]:
     esr32 = _esr32_mask(btf, request["probes"])
     if esr32:
         flags.append(f"-DRASD_ESR32_PROBES={esr32:#x}ULL")
-    return flags, btf.functions(), notes
+    return flags, btf, notes
 
 
 def _esr32_mask(btf, plans: list[dict]) -> int:
@@ -432,10 +435,10 @@ def _map_names(b) -> list[str]:
 
 def _child_load(request: dict) -> tuple[dict, list[int]]:
     t0 = time.monotonic()
-    cflags, btf_funcs, notes = _btf_cflags(request)
+    cflags, btf, notes = _btf_cflags(request)
     plans = request["probes"]
     for p in plans:
-        if p.get("fentry_fn") and (btf_funcs is None or p["symbol"] not in btf_funcs):
+        if p.get("fentry_fn") and (btf is None or not btf.has_function(p["symbol"])):
             p["fentry_fn"] = p["fentry_macro"] = None
             p["kind"] = "kprobe"
     t1 = time.monotonic()
@@ -477,7 +480,7 @@ def _child_load(request: dict) -> tuple[dict, list[int]]:
         "prog_fd_idx": prog_idx,
         "map_fd_idx": map_idx,
         "notes": notes,
-        "stats": {"compile_s": t_compile,
+        "stats": {"compile_s": t_compile, "btf_s": t1 - t0,
                   "total_s": time.monotonic() - t0,
                   "child_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
     }

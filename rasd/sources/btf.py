@@ -12,6 +12,7 @@ BTF_MAGIC = 0xEB9F
 K_INT, K_PTR, K_ARRAY, K_STRUCT, K_UNION, K_ENUM, K_FWD, K_TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 K_VOLATILE, K_CONST, K_RESTRICT, K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC = 9, 10, 11, 12, 13, 14, 15
 K_FLOAT, K_DECL_TAG, K_TYPE_TAG, K_ENUM64 = 16, 17, 18, 19
+_INDEXED = frozenset((K_STRUCT, K_FUNC))  # the kinds looked up by name
 _MODIFIERS = (K_TYPEDEF, K_VOLATILE, K_CONST, K_RESTRICT, K_TYPE_TAG)
 # bytes after the 12-byte common header: fixed part, per-vlen part
 _TRAILER = {K_INT: (4, 0), K_ARRAY: (12, 0), K_STRUCT: (0, 12), K_UNION: (0, 12),
@@ -34,13 +35,22 @@ class Btf:
         self._data = data
         self._strs = hdr_len + str_off
         self._str_end = self._strs + str_len
-        # index: type id -> byte offset of its record (id 0 is void)
+        # One pass: type id -> byte offset of its record (id 0 is void), and the
+        # named structs and functions by (kind, name offset). Lookups then cost a
+        # string search in C, not a scan decoding every name: under TCG emulation
+        # (the arm64 lab) the scans took ~10 s of the daemon's start.
         self._pos: list[int] = [0]
+        self._named: dict[tuple[int, int], int] = {}
+        header = struct.Struct("<II").unpack_from
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        append, named, trailer = self._pos.append, self._named, _TRAILER
         while pos < end:
-            self._pos.append(pos)
-            _name, info, _st = struct.unpack_from("<III", data, pos)
-            fixed, per = _TRAILER.get((info >> 24) & 0x1F, (0, 0))
+            append(pos)
+            name_off, info = header(data, pos)
+            kind = (info >> 24) & 0x1F
+            if kind in _INDEXED and name_off:
+                named.setdefault((kind, name_off), len(self._pos) - 1)
+            fixed, per = trailer.get(kind, (0, 0))
             pos += 12 + fixed + per * (info & 0xFFFF)
 
     @classmethod
@@ -57,15 +67,30 @@ class Btf:
         name_off, info, st = struct.unpack_from("<III", self._data, pos)
         return (self._str(name_off), (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, st, pos)
 
+    def _name_offsets(self, name: str):
+        """Offsets of ``name`` in the string section (every string is NUL-preceded:
+        the section starts with the empty string). Normally one: strings are deduplicated."""
+        needle = b"\0" + name.encode() + b"\0"
+        at = self._data.find(needle, self._strs, self._str_end)
+        while at >= 0:
+            yield at + 1 - self._strs
+            at = self._data.find(needle, at + 1, self._str_end)
+
     def find(self, name: str, kind: int) -> int | None:
+        if kind in _INDEXED:
+            hits = (self._named.get((kind, off)) for off in self._name_offsets(name))
+            return next((tid for tid in hits if tid is not None), None)
         for tid in range(1, len(self._pos)):
             t = self._type(tid)
             if t[1] == kind and t[0] == name:
                 return tid
         return None
 
+    def has_function(self, name: str) -> bool:
+        return self.find(name, K_FUNC) is not None
+
     def functions(self) -> set[str]:
-        return {t[0] for t in (self._type(i) for i in range(1, len(self._pos))) if t[1] == K_FUNC}
+        return {self._str(off) for kind, off in self._named if kind == K_FUNC}
 
     def func_param_sizes(self, name: str) -> list[int] | None:
         """Byte sizes of a BTF function's parameters, or None if not a BTF function."""
