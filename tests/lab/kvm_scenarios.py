@@ -37,11 +37,12 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import build
 import hest
 import scenarios
-from scenarios import Ctx, Failed, enc, hest_sources, mem_record, scenario
+from scenarios import Ctx, Failed, enc, hest_sources, mem_record, scenario, session
 from rasd_guest import COVERAGE, Rasd, lab_config
 
 KVM_SRC = build.LAB_DIR / "guest" / "kvm"
@@ -342,29 +343,56 @@ def wait_closed(rasd: Rasd, since: int, pred, what: str, timeout: float = 90) ->
 
 # --------------------------------------------------------------------------
 
-@scenario("kvm-guest-sea")
-def kvm_guest_sea(ctx: Ctx) -> None:
-    """Nested KVM: MMIO exits, a real guest SEA (with/without CPER), virtual SErrors."""
+class KvmSession(NamedTuple):
+    g: object
+    rasd: Rasd
+    status: dict              # rasd's status when it came up
+    sea_src: int              # HEST source id of QEMU's SEA error source
+    detached_1: list          # kvm-overhead's first block: us per exit before rasd ran
+
+
+@session("kvm", qemu="host")
+def kvm_session(ctx: Ctx):
+    """One nested-KVM boot: labsea.ko, the VMM timed before rasd starts, then rasd."""
     ctx.note(limits=KVM_LIMITS)
     with kvm_guest(ctx) as g:
         ctx.note(ready_s=round(g.wait_ready(), 1))
         prepare(g)
         sea_src = next(s for s in hest_sources(g) if s["notify"] == hest.NOTIFY_SEA)["id"]
         ins = g.run("insmod /lab/labsea.ko && grep -c . /proc/modules")
-        ctx.expect(any("labsea: TEST-ONLY module loaded" in l for l in ins.kernel)
-                   or g.grep(r"labsea: TEST-ONLY module loaded"), "labsea.ko loaded")
-        g.run("sysctl -w kernel.bpf_stats_enabled=1")
+        if not (any("labsea: TEST-ONLY module loaded" in l for l in ins.kernel)
+                or g.grep(r"labsea: TEST-ONLY module loaded")):
+            raise Failed("labsea.ko not loaded")
+        # kvm-overhead's first detached block: the only time in this boot before rasd
+        # ever attached (a restart would cost another bcc compile, ~1 min under TCG)
+        run_vmm(g, "mmio 200 2")                        # warm the VMM binary and KVM
+        detached_1 = _timed_block(g, "detached-1")
+        g.run("sysctl -w kernel.bpf_stats_enabled=1")   # part (a) counts program runs
         rasd = new_rasd(ctx, g)
         try:
             status = start_rasd(ctx, g, rasd)
             ctx.note(rasd_ready_s=rasd.ready_s)
-            _part_a(ctx, g, rasd, status)
-            trace_on(g)
-            _part_b_no_record(ctx, g, rasd)
-            _part_b_record(ctx, g, rasd, sea_src)
-            _part_c(ctx, g, rasd)
+            yield KvmSession(g, rasd, status, sea_src, detached_1)
         finally:
-            _finish(ctx, g, rasd, "kvm-guest-sea")
+            try:
+                if rasd.alive():
+                    rasd.stop()
+            finally:
+                _finish(ctx, g, rasd, "kvm session")
+
+
+@scenario("kvm-guest-sea", session="kvm")
+def kvm_guest_sea(ctx: Ctx) -> None:
+    """Nested KVM: MMIO exits, a real guest SEA (with/without CPER), virtual SErrors."""
+    s: KvmSession = ctx.sess
+    ctx.note(limits=KVM_LIMITS, rasd_ready_s=s.rasd.ready_s)
+    if not s.rasd.alive():
+        raise Failed("rasd is not running in the KVM session")
+    _part_a(ctx, s.g, s.rasd, s.status)
+    trace_on(s.g)
+    _part_b_no_record(ctx, s.g, s.rasd)
+    _part_b_record(ctx, s.g, s.rasd, s.sea_src)
+    _part_c(ctx, s.g, s.rasd)
 
 
 def _finish(ctx: Ctx, g, rasd: Rasd, name: str) -> None:
@@ -643,58 +671,52 @@ def _stats(xs: list[float]) -> dict:
             "iqr_pct": round(100 * (q[2] - q[0]) / med, 2)}
 
 
-@scenario("kvm-overhead")
+@scenario("kvm-overhead", session="kvm")
 def kvm_overhead(ctx: Ctx) -> None:
     """Nested KVM: MMIO-exit loop timed with rasd detached / attached / detached."""
-    with kvm_guest(ctx) as g:
-        ctx.note(ready_s=round(g.wait_ready(), 1))
-        prepare(g)
-        run_vmm(g, "mmio 200 2")                        # warm the VMM binary and KVM
-        off1 = _timed_block(g, "detached-1")
-        rasd = new_rasd(ctx, g)
-        try:
-            status = start_rasd(ctx, g, rasd)
-            rows = probe_rows(status)
-            hot = {p: {k: rows.get(p, {}).get(k) for k in ("status", "kind", "reason")}
-                   for p in ("kvm_handle_guest_abort", "handle_exit_early")}
-            ctx.note(hot_probes=hot)
-            ctx.note(rasd_settle_cpu_pct=_settle(g))
-            c0 = _cpu(g)
-            on = _timed_block(g, "attached")
-            c1 = _cpu(g)
-            ctx.note(attached_block_cpu={
-                "rasd_pct_of_one_cpu": round(100 * 2 * (c1["rasd"] - c0["rasd"])
-                                             / max(1, c1["all"] - c0["all"]), 2),
-                "guest_busy_pct": round(100 * (c1["busy"] - c0["busy"])
-                                        / max(1, c1["all"] - c0["all"]), 1)})
-            # the per-exit cost of rasd's programs themselves, from the kernel's BPF
-            # statistics (switched on only now: they add their own clock reads)
-            g.run("sysctl -w kernel.bpf_stats_enabled=1")
-            before = bpf_prog_runs(g, rasd, "before")
-            vmm = run_vmm(g, f"mmio {OVERHEAD_EXITS} 2")
-            after = bpf_prog_runs(g, rasd, "after")
-            g.run("sysctl -w kernel.bpf_stats_enabled=0")
-            per_prog = {}
-            for name, a in after.items():
-                if not isinstance(a, dict):
-                    continue
-                b = before.get(name, {})
-                cnt = a["run_cnt"] - b.get("run_cnt", 0)
-                if cnt:
-                    per_prog[name] = {"runs": cnt, "ns_per_run": round(
-                        (a["run_time_ns"] - b.get("run_time_ns", 0)) / cnt, 1)}
-            exit_us = statistics.median(r["us_per_exit"] for r in vmm["runs"])
-            bpf_ns = sum(v["ns_per_run"] * v["runs"] for v in per_prog.values()) \
-                / (2 * OVERHEAD_EXITS)
-            detached_us = statistics.median(off1)
-            ctx.note(bpf_programs_per_exit=per_prog,
-                     bpf_ns_per_exit=round(bpf_ns, 1), exit_us_with_stats=round(exit_us, 1),
-                     bpf_share_of_detached_exit_pct=round(
-                         100 * bpf_ns / (detached_us * 1000), 2))
-            rasd.stop()
-        finally:
-            _finish(ctx, g, rasd, "kvm-overhead")
-        off2 = _timed_block(g, "detached-2")
+    s: KvmSession = ctx.sess
+    g, rasd, off1 = s.g, s.rasd, s.detached_1
+    if not rasd.alive():
+        raise Failed("rasd is not running in the KVM session")
+    g.run("sysctl -w kernel.bpf_stats_enabled=0")   # its clock reads are not rasd's cost
+    rows = probe_rows(s.status)
+    hot = {p: {k: rows.get(p, {}).get(k) for k in ("status", "kind", "reason")}
+           for p in ("kvm_handle_guest_abort", "handle_exit_early")}
+    ctx.note(hot_probes=hot)
+    ctx.note(rasd_settle_cpu_pct=_settle(g))
+    c0 = _cpu(g)
+    on = _timed_block(g, "attached")
+    c1 = _cpu(g)
+    ctx.note(attached_block_cpu={
+        "rasd_pct_of_one_cpu": round(100 * 2 * (c1["rasd"] - c0["rasd"])
+                                     / max(1, c1["all"] - c0["all"]), 2),
+        "guest_busy_pct": round(100 * (c1["busy"] - c0["busy"])
+                                / max(1, c1["all"] - c0["all"]), 1)})
+    # the per-exit cost of rasd's programs themselves, from the kernel's BPF
+    # statistics (switched on only now: they add their own clock reads)
+    g.run("sysctl -w kernel.bpf_stats_enabled=1")
+    before = bpf_prog_runs(g, rasd, "before")
+    vmm = run_vmm(g, f"mmio {OVERHEAD_EXITS} 2")
+    after = bpf_prog_runs(g, rasd, "after")
+    g.run("sysctl -w kernel.bpf_stats_enabled=0")
+    per_prog = {}
+    for name, a in after.items():
+        if not isinstance(a, dict):
+            continue
+        b = before.get(name, {})
+        cnt = a["run_cnt"] - b.get("run_cnt", 0)
+        if cnt:
+            per_prog[name] = {"runs": cnt, "ns_per_run": round(
+                (a["run_time_ns"] - b.get("run_time_ns", 0)) / cnt, 1)}
+    exit_us = statistics.median(r["us_per_exit"] for r in vmm["runs"])
+    bpf_ns = sum(v["ns_per_run"] * v["runs"] for v in per_prog.values()) \
+        / (2 * OVERHEAD_EXITS)
+    detached_us = statistics.median(off1)
+    ctx.note(bpf_programs_per_exit=per_prog,
+             bpf_ns_per_exit=round(bpf_ns, 1), exit_us_with_stats=round(exit_us, 1),
+             bpf_share_of_detached_exit_pct=round(100 * bpf_ns / (detached_us * 1000), 2))
+    rasd.stop()                                      # detached: its probes are gone
+    off2 = _timed_block(g, "detached-2")
     s_off, s_on = _stats(off1 + off2), _stats(on)
     s_off1, s_off2 = _stats(off1), _stats(off2)
     slowdown = s_on["median_us"] / s_off["median_us"] - 1
