@@ -61,6 +61,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "loader_timeout_s": Key((int, float), 120, "how long the probe loader child may take "
                                 "to compile and attach (bcc's compile is slow on small or "
                                 "busy machines)", _positive),
+        "vm_exit_probes": Key(str, "off", "the KVM probes that run on every VM exit "
+                              "(handle_exit_early, kvm_handle_guest_abort): off (guest SErrors "
+                              "and SEAs are still seen on their rare paths: apei_claim_sea, "
+                              "arm64_is_fatal_ras_serror, kvm_inject_vabt; only the ESR of a "
+                              "claimed guest SEA is lost), fentry (where BPF trampolines work; "
+                              "the ESR, FAR and HPFAR of every guest SEA), kprobe (fentry, else "
+                              "a kprobe: a trap on every exit)", _one_of("off", "fentry", "kprobe")),
     },
     "tracefs": {
         "instance": Key(str, "rasd",

@@ -139,7 +139,8 @@ class Daemon:
         t0 = time.monotonic()
         try:
             self.loaded = load_probes(self.view, ringbuf_pages=self.cfg["bpf"]["ringbuf_pages"],
-                                      timeout=self.cfg["bpf"]["loader_timeout_s"])
+                                      timeout=self.cfg["bpf"]["loader_timeout_s"],
+                                      hot_paths=self.cfg["bpf"]["vm_exit_probes"])
         except NoProbesError as exc:
             self.notes.append(str(exc))
             log.error("%s", exc)

@@ -15,6 +15,7 @@ against real 6.1/6.12 arm64 kernels on an x86 machine.
   wrong_arch      the probe exists only on another architecture
   failed          resolvable in principle, but cannot work here (reason says why)
   lockdown        lockdown=confidentiality refuses kprobes, BPF reads and tracefs
+  disabled        a per-VM-exit probe switched off by configuration ([bpf] vm_exit_probes)
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from .probes import PROBES, TRACE_SYSTEMS, Probe
 from . import lockdown as lockdown_mod
 from .tracefs import EventFormat, find_tracefs, parse_format
 
-PENDING, ATTACHED, MISSING, BLACKLISTED, WRONG_ARCH, FAILED, LOCKDOWN = (
-    "pending", "attached", "missing_symbol", "blacklisted", "wrong_arch", "failed", "lockdown")
+PENDING, ATTACHED, MISSING, BLACKLISTED, WRONG_ARCH, FAILED, LOCKDOWN, DISABLED = (
+    "pending", "attached", "missing_symbol", "blacklisted", "wrong_arch", "failed", "lockdown",
+    "disabled")
+HOT_PATHS = ("off", "fentry", "kprobe")  # [bpf] vm_exit_probes
 
 _TEXT_TYPES = frozenset("tTwW")
 _ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
@@ -271,11 +274,17 @@ def _kprobe_kind(p: Probe) -> str:
     return "kretprobe" if p.exit_fn else "kprobe"
 
 
+HOT_OFF_REASON = ("runs on every VM exit; off by configuration ([bpf] vm_exit_probes = "
+                  "\"off\"): guest SErrors and SEAs are seen on their rare paths")
 HOT_KPROBE_REASON = ("hot path (every VM exit): fentry unavailable and a kprobe would trap "
                      "on each exit; allow with hot_kprobes=True")
 
 
-def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False) -> Resolution:
+def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False,
+                  hot_paths: str | None = None) -> Resolution:
+    """hot_paths: "off", "fentry" or "kprobe" for the per-VM-exit probes (default:
+    "kprobe" if hot_kprobes else "fentry")."""
+    hot_paths = hot_paths or ("kprobe" if hot_kprobes else "fentry")
     if view.lockdown == "confidentiality":
         return Resolution(p.name, LOCKDOWN, reason="lockdown=confidentiality refuses kprobes, "
                           "BPF kernel reads and tracefs")
@@ -296,8 +305,10 @@ def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False) -> Reso
     if view.blacklist is not None and sym in view.blacklist:
         return Resolution(p.name, BLACKLISTED, _kprobe_kind(p), sym,
                           reason=f"{sym} is in the kprobe blacklist")
+    if p.hot and hot_paths == "off":
+        return Resolution(p.name, DISABLED, _kprobe_kind(p), sym, reason=HOT_OFF_REASON)
     fentry = bool(p.fentry_fn and view.btf and "." not in sym and view.direct_calls is not False)
-    if p.hot and not fentry and not hot_kprobes:
+    if p.hot and not fentry and hot_paths != "kprobe":
         why = HOT_KPROBE_REASON
         if p.fentry_fn and view.direct_calls is False:
             why = ("kernel built without CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS (no fentry); "
@@ -316,9 +327,10 @@ def _describe(symbols: tuple[str, ...]) -> str:
 
 
 def resolve(view: KernelView, probes: Iterable[Probe] = PROBES,
-            hot_kprobes: bool = False) -> list[Resolution]:
-    """hot_kprobes: allow kprobes on hot paths when fentry is unavailable."""
-    return [resolve_probe(p, view, hot_kprobes) for p in probes]
+            hot_kprobes: bool = False, hot_paths: str | None = None) -> list[Resolution]:
+    """hot_kprobes: allow kprobes on hot paths when fentry is unavailable; hot_paths:
+    see resolve_probe."""
+    return [resolve_probe(p, view, hot_kprobes, hot_paths) for p in probes]
 
 
 @dataclass(frozen=True)

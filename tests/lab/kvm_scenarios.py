@@ -287,8 +287,11 @@ print(json.dumps(out))
 
 def new_rasd(ctx: Ctx, g) -> Rasd:
     # bcc's compile under TCG on a 2-core host shared with other TCG guests has taken
-    # over the loader's default 120 s ([bpf] loader_timeout_s)
-    return Rasd(g, evidence=ctx.out / "rasd", config=lab_config(bpf={"loader_timeout_s": 900}))
+    # over the loader's default 120 s ([bpf] loader_timeout_s). The per-exit probes are
+    # opt-in (vm_exit_probes, default off): on here, so (a) shows them on real exits, (b)
+    # gets a claimed SEA's ESR, and kvm-overhead measures their cost (the worst case).
+    return Rasd(g, evidence=ctx.out / "rasd",
+                config=lab_config(bpf={"loader_timeout_s": 900, "vm_exit_probes": "fentry"}))
 
 
 def start_rasd(ctx: Ctx, g, rasd: Rasd, tries: int = 2) -> dict:
@@ -739,6 +742,8 @@ def kvm_overhead(ctx: Ctx) -> None:
     # A speed target is a measurement, not a pass/fail assertion (a loaded host would fail
     # it, not rasd): the verdict is recorded and printed. The wall-clock ratio cannot be
     # judged finer than the machine's own drift between the two detached blocks.
+    ctx.note(measured_config="[bpf] vm_exit_probes = \"fentry\" (opt-in; the default, off, "
+                             "attaches no per-exit program)")
     if drift > OVERHEAD_TARGET:
         verdict = (f"inconclusive: the two detached blocks differ by {100 * drift:.1f}% "
                    f"(> {100 * OVERHEAD_TARGET}% target); run alone: run.py --serial")

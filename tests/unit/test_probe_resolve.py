@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rasd.sources import probes as P
-from rasd.sources.resolve import (BLACKLISTED, FAILED, LOCKDOWN, MISSING, PENDING, WRONG_ARCH,
+from rasd.sources.resolve import (BLACKLISTED, DISABLED, FAILED, LOCKDOWN, MISSING, PENDING,
+                                  WRONG_ARCH,
                                   KernelView, NoProbesError, Resolution, detect_features,
                                   require_some, resolve)
 from rasd.sources.tracefs import parse_format
@@ -108,6 +109,27 @@ def test_hot_paths_never_kprobed_by_default(v612):
     assert allowed["handle_exit_early"].kind == "kprobe"
     # rare paths are unaffected
     assert res["apei_claim_sea"].status == PENDING
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_vm_exit_probes_setting(kernel, v61, v612):
+    """[bpf] vm_exit_probes: off keeps the per-exit probes (symbol still resolved, so the
+    status says what is there) out while every rare KVM path resolves; fentry takes them
+    where trampolines work (6.12, not 6.1 arm64); kprobe falls back to a trap per exit."""
+    view = v61 if kernel == "6.1" else v612
+    off = by_name(resolve(view, hot_paths="off"))
+    for name in ("handle_exit_early", "kvm_handle_guest_abort"):
+        assert off[name].status == DISABLED and off[name].symbol == name
+        assert "vm_exit_probes" in off[name].reason
+    for name in ("apei_claim_sea", "kvm_inject_vabt", "arm64_is_fatal_ras_serror"):
+        assert off[name].status == PENDING, off[name]
+    fentry = by_name(resolve(view, hot_paths="fentry"))["kvm_handle_guest_abort"]
+    if kernel == "6.12":
+        assert (fentry.status, fentry.kind) == (PENDING, "fentry")
+    else:
+        assert fentry.status == FAILED and "DIRECT_CALLS" in fentry.reason
+    kprobe = by_name(resolve(view, hot_paths="kprobe"))["kvm_handle_guest_abort"]
+    assert kprobe.status == PENDING and kprobe.kind == ("fentry" if kernel == "6.12" else "kprobe")
 
 
 def test_exact_names_do_not_match_lookalikes(v612):
