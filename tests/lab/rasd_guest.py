@@ -147,6 +147,9 @@ def lab_config(store_path: str = f"{STATE_DIR}/rasd.db", **overrides: dict) -> s
         "correlate": {"window_s": 3},
         "store": {"path": store_path, "batch_ms": 100},
         "metrics": {"address": "0.0.0.0", "port": METRICS_PORT},
+        # bcc's compile under TCG takes 1-2 min, and more on a loaded 2-core host (two
+        # kernels' guests side by side): rasd's 120 s default is for real machines
+        "bpf": {"loader_timeout_s": 900},
     }
     for sec, values in overrides.items():
         sections.setdefault(sec, {}).update(values)
