@@ -344,6 +344,9 @@ class Features:
     lockdown: str
     btf: bool
     kprobe_blacklist_known: bool
+    # BPF trampolines (fentry) for the per-VM-exit probes: BTF and a kernel built with
+    # direct calls (None: config unreadable, so it is tried)
+    fentry: bool | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -370,6 +373,8 @@ def detect_features(view: KernelView) -> Features:
         lockdown=view.lockdown,
         btf=view.btf,
         kprobe_blacklist_known=view.blacklist is not None,
+        fentry=(False if not view.btf or view.direct_calls is False
+                else None if view.direct_calls is None else True),
     )
 
 

@@ -355,6 +355,13 @@ class KvmSession:
     def rasd_in(self, mode: str) -> Rasd:
         if self.mode == mode and self.rasd.alive():
             return self.rasd
+        if (mode == "fentry" and self.mode == "off" and self.rasd.alive()
+                and (self.status.get("features") or {}).get("fentry") is False):
+            # rasd knows this kernel has no BPF trampolines (6.1 arm64): "fentry" would
+            # attach exactly what "off" does; keep it and save a bcc compile
+            self.ctx.note(fentry_unavailable="vm_exit_probes=fentry = off on this kernel: "
+                          "rasd not restarted")
+            return self.rasd
         if self.rasd.alive():
             self.rasd.stop()
         self.rasd.config = rasd_config(mode)

@@ -123,6 +123,7 @@ def test_vm_exit_probes_setting(kernel, v61, v612):
         assert "vm_exit_probes" in off[name].reason
     for name in ("apei_claim_sea", "kvm_inject_vabt", "arm64_is_fatal_ras_serror"):
         assert off[name].status == PENDING, off[name]
+    assert detect_features(view).fentry is (kernel == "6.12")
     fentry = by_name(resolve(view, hot_paths="fentry"))["kvm_handle_guest_abort"]
     if kernel == "6.12":
         assert (fentry.status, fentry.kind) == (PENDING, "fentry")
