@@ -277,7 +277,7 @@ def _kprobe_kind(p: Probe) -> str:
 HOT_OFF_REASON = ("runs on every VM exit; off by configuration ([bpf] vm_exit_probes = "
                   "\"off\"): guest SErrors and SEAs are seen on their rare paths")
 HOT_KPROBE_REASON = ("hot path (every VM exit): fentry unavailable and a kprobe would trap "
-                     "on each exit; allow with hot_kprobes=True")
+                     "on each exit; allow with [bpf] vm_exit_probes = \"kprobe\"")
 
 
 def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False,
