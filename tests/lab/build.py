@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -548,6 +549,12 @@ class Lab:
     tools: Path
 
 
+def _qemu11() -> Qemu:
+    tapt = trixie_apt()
+    tapt.update()
+    return build_qemu11(tapt)
+
+
 def build_all(flavours=("6.1", "6.12"), want_qemu11=True, want_rootfs=True) -> Lab:
     with cache_lock():
         apt = bookworm_apt()
@@ -561,13 +568,15 @@ def build_all(flavours=("6.1", "6.12"), want_qemu11=True, want_rootfs=True) -> L
         bb = busybox(apt)
         initrds = {f: build_initrd(k, bb, tools) for f, k in kernels.items()}
         log(f"initrds ready {time.monotonic() - t0:.1f}s")
-        rootfs = build_rootfs(apt, list(choices.values())) if want_rootfs else None
-        log(f"rootfs ready {time.monotonic() - t0:.1f}s")
-        qemus = {"host": host_qemu()}
-        if want_qemu11:
-            tapt = trixie_apt()
-            tapt.update()
-            qemus["qemu11"] = build_qemu11(tapt)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The QEMU 11 tree (native dpkg, mostly download) builds beside the rootfs
+            # (dpkg under qemu-user, CPU-bound): a cold build is one rootfs long, not both.
+            q11 = pool.submit(_qemu11) if want_qemu11 else None
+            rootfs = build_rootfs(apt, list(choices.values())) if want_rootfs else None
+            log(f"rootfs ready {time.monotonic() - t0:.1f}s")
+            qemus = {"host": host_qemu()}
+            if q11:
+                qemus["qemu11"] = q11.result()
         log(f"all ready {time.monotonic() - t0:.1f}s")
         return Lab(kernels, rootfs and rootfs / "root", qemus, initrds, tools)
 
