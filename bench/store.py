@@ -94,9 +94,10 @@ def storm(n: int, pages: int, t0: int, chains: int = 5):
         if i and i % every == 0:
             yield from uncorrected_chain(t, i // every)
         block, rec = blocks[i % pages]
-        yield Event("ghes", "ghes_do_proc", t, mono_ns=t - t0, cpu=i % 2,
-                    task=Task(0, 0, "swapper/0"), raw=block, cper=rec,
-                    fields={"notify": "sea", "notify_type": 8})
+        # (positional: kind, source, wall_ns, mono_ns, cpu, task, fields, raw, cper; a
+        # fresh task and fields per event, as the decode stage makes them)
+        yield Event("ghes", "ghes_do_proc", t, t - t0, i % 2, Task(0, 0, "swapper/0"),
+                    {"notify": "sea", "notify_type": 8}, block, rec)
 
 
 def stamped(block: bytes, i: int) -> bytes:

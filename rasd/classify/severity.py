@@ -96,9 +96,11 @@ def section_verdict(sec, block_sev: int) -> Verdict:
 
 
 def _ghes(event: Event) -> Verdict:
-    if event.cper is None:
+    record = event.cper
+    if record is None:
         return "info", "unknown", event.decode_error or "GHES record not captured"
-    return cper_verdict(event.cper)
+    # a storm's every event: cper_verdict()'s memo, read here first
+    return record.derived.get("verdict") or cper_verdict(record)
 
 
 def _bert(event: Event) -> Verdict:

@@ -27,10 +27,12 @@ class Limit:
     threshold: int
     period_ns: int
     leak_per_ns: float = field(init=False, repr=False, compare=False)
+    rearm_level: float = field(init=False, repr=False, compare=False)  # see Bucket.add
 
     def __post_init__(self) -> None:
-        # read per event and bucket: a plain attribute, not a property
+        # read per event and bucket: plain attributes, not properties
         object.__setattr__(self, "leak_per_ns", self.threshold / self.period_ns)
+        object.__setattr__(self, "rearm_level", self.threshold / 2)
 
 
 DEFAULT_LIMITS = {"page": Limit(50, DAY_NS), "location": Limit(100, DAY_NS),
@@ -47,16 +49,17 @@ class Bucket:
 
     def add(self, now_ns: int, limit: Limit) -> bool:
         """Count one error; True the moment the bucket fills (once, until it drains half)."""
-        level = self.level
-        if now_ns > self.last_ns:  # (no max(): this runs per event and bucket)
-            level -= (now_ns - self.last_ns) * limit.leak_per_ns
+        # (locals, no max(): this runs per event and bucket)
+        level, last_ns, tripped = self.level, self.last_ns, self.tripped
+        if now_ns > last_ns:
+            level -= (now_ns - last_ns) * limit.leak_per_ns
             if level < 0.0:
                 level = 0.0
         self.last_ns = now_ns
         self.level = level = level + 1
-        if self.tripped and level < limit.threshold / 2:
-            self.tripped = False  # hysteresis: re-arm only after it drained
-        if not self.tripped and level >= limit.threshold:
+        if tripped and level < limit.rearm_level:
+            self.tripped = tripped = False  # hysteresis: re-arm only after it drained half
+        if not tripped and level >= limit.threshold:
             self.tripped = True
             return True
         return False
@@ -79,26 +82,37 @@ class Thresholds:
         self.cpu_of_mpidr = cpu_of_mpidr
         self.buckets: OrderedDict[tuple[str, object], Bucket] = OrderedDict()
         self.tripped: list[Incident] = []
-        # this instance's entry in Record.derived (its keys depend on cpu_of_mpidr)
-        self._memo = ("threshold_keys", object())
+        # this instance's entry in Record.derived (its keys depend on cpu_of_mpidr and
+        # its limits); a plain object: hashed per event
+        self._memo = object()
 
     def __call__(self, event: Event) -> None:
         if event.severity != "corrected":
             return
-        for bkey in self._keys(event):
-            if self._bump(bkey, event.wall_ns):
+        now, buckets = event.wall_ns, self.buckets
+        for bkey, limit in self._counted_in(event):
+            # (inline, not a method per bucket: this runs per corrected event)
+            bucket = buckets.get(bkey)
+            if bucket is None:
+                bucket = self._new_bucket(bkey, now)
+            else:
+                buckets.move_to_end(bkey)
+            if bucket.add(now, limit):
                 self._trip(*bkey, event)
 
-    def _keys(self, event: Event) -> list[tuple[str, object]]:
-        """The (scope, key) buckets the event counts in."""
+    def _counted_in(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
+        """The buckets the event counts in: ((scope, key), the scope's limit) pairs."""
         rec = event.cper
         if rec is not None and "pfn" not in event.fields and event.kind not in SERROR_KINDS:
             # the keys then follow from the record alone: once per record (see CperCache)
-            keys = rec.derived.get(self._memo)
-            if keys is None:
-                keys = rec.derived[self._memo] = self._read_keys(event)
-            return keys
-        return self._read_keys(event)
+            pairs = rec.derived.get(self._memo)
+            if pairs is None:
+                pairs = rec.derived[self._memo] = self._pairs(event)
+            return pairs
+        return self._pairs(event)
+
+    def _pairs(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
+        return [(bkey, self.limits[bkey[0]]) for bkey in self._read_keys(event)]
 
     def _read_keys(self, event: Event) -> list[tuple[str, object]]:
         pa, location, mpidr = _where(event)
@@ -118,15 +132,11 @@ class Thresholds:
             keys.append(("cpu", cpu))
         return keys
 
-    def _bump(self, bkey: tuple[str, object], now_ns: int) -> bool:
-        bucket = self.buckets.get(bkey)
-        if bucket is None:
-            bucket = self.buckets[bkey] = Bucket(now_ns)
-            if len(self.buckets) > self.max_buckets:
-                self.buckets.popitem(last=False)  # forget the least recently seen
-        else:
-            self.buckets.move_to_end(bkey)
-        return bucket.add(now_ns, self.limits[bkey[0]])
+    def _new_bucket(self, bkey: tuple[str, object], now_ns: int) -> Bucket:
+        bucket = self.buckets[bkey] = Bucket(now_ns)
+        if len(self.buckets) > self.max_buckets:
+            self.buckets.popitem(last=False)  # forget the least recently seen
+        return bucket
 
     def _trip(self, scope: str, key: object, event: Event) -> None:
         limit = self.limits[scope]

@@ -71,15 +71,19 @@ class Correlator:
         self._state: dict[int, _Evidence] = {}
         self._keys: dict[int, list[str]] = {}  # incident id -> its keys in the index
         self._last_expire_ns = 0
+        # Closing scans the open incidents: in a storm do it a few times per window,
+        # not per event. An incident may then stay open up to window/8 longer.
+        self._expire_every_ns = window_ns // 8
 
     # --- the stage ------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
-        # Closing scans the open incidents: in a storm do it a few times per window,
-        # not per event. An incident may then stay open up to window/8 longer.
-        if event.wall_ns - self._last_expire_ns > self.window_ns // 8:
+        if event.wall_ns - self._last_expire_ns > self._expire_every_ns:
             self.expire(event.wall_ns)
         keys = event_keys(event)
-        incident = self._find(keys)
+        if len(keys) == 1:  # the storm's case: one page key, at most one incident
+            incident = self.open.get(self.index.get(keys[0]))  # type: ignore[arg-type]
+        else:
+            incident = self._find(keys)
         if incident is None:
             if _follows_only(event) or not keys:
                 return
@@ -154,11 +158,15 @@ class Correlator:
     def _add(self, incident: Incident, event: Event, keys: list[str]) -> None:
         event.incident_id = incident.id
         incident.add_member(event.id, event.kind)
-        incident.first_wall_ns = min(incident.first_wall_ns, event.wall_ns)
-        incident.last_wall_ns = max(incident.last_wall_ns, event.wall_ns)
+        wall = event.wall_ns
+        if wall < incident.first_wall_ns:  # (no min()/max(): this runs per event)
+            incident.first_wall_ns = wall
+        if wall > incident.last_wall_ns:
+            incident.last_wall_ns = wall
+        index = self.index
         for key in keys:
-            if key not in self.index:
-                self.index[key] = incident.id
+            if key not in index:
+                index[key] = incident.id
                 self._keys.setdefault(incident.id, []).append(key)
         if not incident.key:
             incident.key = keys[0]
@@ -217,6 +225,14 @@ class Correlator:
             incident.vm = self.vm_of(event.task.tgid, event.task.tid, event.task.comm)
 
 
+def _details(event: Event) -> tuple:
+    """What repeats() compares besides the record; the task as its values (what Task's
+    == compares, without a Python-level __eq__ call per event)."""
+    task = event.task
+    return (event.kind, event.severity, event.containment, event.reason,
+            None if task is None else (task.tgid, task.tid, task.comm), event.fields)
+
+
 class _Evidence:
     """What an incident's events said, kept apart so CPER can overrule ESR/AET."""
 
@@ -234,17 +250,17 @@ class _Evidence:
         self.sigbus: list[str] = []  # "SIGBUS to comm[tid] (code)", for the summary
         self.mceerr = False  # a SIGBUS BUS_MCEERR_* is among the events
         self.summary_inputs: tuple | None = None  # what the incident's summary was made from
-        self.last_cper: tuple | None = None  # the last CPER event absorbed (see repeats)
+        # the last CPER event absorbed: its record and what else repeats() compares
+        self.last_record: Any = None
+        self.last_details: tuple | None = None
 
     def repeats(self, event: Event) -> bool:
         """Whether the event is its incident's last CPER event again: the same decoded
         record (the decode stage shares one Record among byte-identical blocks), kind,
         classification, task and fields. Absorbing, locating and attributing it again
         would change nothing, and a corrected-error storm is mostly such repeats."""
-        last = self.last_cper
-        return last is not None and last[0] is event.cper and last[1:] == (
-            event.kind, event.severity, event.containment, event.reason, event.task,
-            event.fields)
+        return event.cper is self.last_record and self.last_record is not None and \
+            _details(event) == self.last_details
 
     def merge(self, other: "_Evidence") -> None:
         for name in ("cper", "esr", "other"):
@@ -286,8 +302,7 @@ class _Evidence:
         if event.reason and event.reason not in self.reasons[-8:]:  # a storm repeats one
             self.reasons.append(event.reason)
         if event.cper is not None:  # holding the record keeps `is` in repeats() sound
-            self.last_cper = (event.cper, event.kind, event.severity, event.containment,
-                              event.reason, event.task, event.fields)
+            self.last_record, self.last_details = event.cper, _details(event)
         if event.kind == ev.SIGBUS:
             f = event.fields
             note = f"SIGBUS to {f.get('target_comm')}[{f.get('target_tid')}] " \
@@ -346,7 +361,10 @@ class _Evidence:
 # --- keys and locations -----------------------------------------------------------------
 
 def event_keys(event: Event) -> list[str]:
-    """What can tie this event to others of the same fault, most specific first."""
+    """What can tie this event to others of the same fault, most specific first. (The
+    list may be shared between events: never modify it.)"""
+    if event.kind == ev.GHES and event.cper is not None and "pfn" not in event.fields:
+        return _ghes_keys(event)
     keys: list[str] = []
     pa, location, mpidr = _where(event)
     pfn = event.fields.get("pfn")
@@ -376,6 +394,38 @@ def event_keys(event: Event) -> list[str]:
     if not keys and event.kind not in FOLLOWERS:
         keys.append(f"event:{event.kind}:{event.wall_ns}")  # stands alone
     return keys
+
+
+def _ghes_keys(event: Event) -> list[str]:
+    """event_keys() of a GHES event with a CPER record (a storm's every event): its page
+    or location key comes from the record alone, made once per record; only the
+    faulting thread's key is the event's own."""
+    found = event.cper.derived.get("correlate_keys")
+    record_keys, page, location = found if found is not None else _record_keys(event.cper)
+    if not _in_faulting_task(event):
+        if record_keys:
+            return record_keys  # shared by the record's events (see event_keys)
+        return [f"event:{event.kind}:{event.wall_ns}"]  # stands alone
+    keys = [page] if page is not None else []
+    keys.append(f"tid:{event.task.tid}")
+    if location is not None:
+        keys.append(location)
+    return keys
+
+
+def _record_keys(record: Any) -> tuple[list[str], str | None, str | None]:
+    """The page key (or, with no address, the location key) event_keys() gives an event
+    whose place is its CPER record's: as the list of an event not in the faulting task,
+    and on its own. Kept in the record (_ghes_keys reads it there)."""
+    pa, location = cper_where(record)[:2]
+    page = loc = None
+    if pa is not None:
+        page = f"page:{pa >> PAGE_SHIFT:#x}"
+    elif location:
+        loc = "loc:" + ",".join(f"{k}={v}" for k, v in location.items())
+    found = record.derived["correlate_keys"] = ([k for k in (page, loc) if k is not None],
+                                                page, loc)
+    return found
 
 
 MEMORY_FAILURE_KINDS = (ev.MEMORY_FAILURE, ev.MEMORY_FAILURE_EVENT)

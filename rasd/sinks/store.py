@@ -43,20 +43,22 @@ import functools
 import json
 import logging
 import math
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..decode import cper
 from ..decode.cper.sections.memory import MemorySection
 from ..events import GHES, MC_EVENT, SEVERITY_RANK, Event, Incident
-from .store_writer import (MAX_IN_FLIGHT, WRITER_PRAGMAS, WriterProcess, failure_reason,
-                           is_corruption, rollback, write_batch)
+from .store_writer import (MAX_IN_FLIGHT, WriterProcess, failure_reason, is_corruption,
+                           rollback, set_writer_pragmas, write_batch)
 
 log = logging.getLogger("rasd.store")
 
@@ -66,6 +68,11 @@ MINUTE_NS = 60 * 10**9
 INT64_MAX = (1 << 63) - 1
 RETENTION_CHUNK = 20_000  # rows per retention transaction: bounds the writer's pause
 REOPEN_INTERVAL_S = 30.0  # how often to retry a store that could not be opened
+# SQLite page size of a new store (an existing one keeps its own). In a storm
+# (bench/store.py) the writer spends clearly less CPU with 16 KiB pages than with the
+# 4 KiB default: fewer pages to split, dirty and write to the WAL per event. The rows
+# are the same.
+PAGE_BYTES = 16384
 
 
 class StoreError(Exception):
@@ -207,7 +214,19 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+
+
+def _dumps(value: Any) -> str:
+    """_ENCODER.encode(value), without its two Python-level calls: what that makes when
+    the C encoder is there (it is in CPython), made directly (a store write encodes
+    several small values per incident row)."""
+    if c_make_encoder is None:
+        return _ENCODER.encode(value)
+    e = _ENCODER
+    return "".join(c_make_encoder({}, e.default, encode_basestring_ascii, e.indent,
+                                  e.key_separator, e.item_separator, e.sort_keys,
+                                  e.skipkeys, e.allow_nan)(value, 0))
 
 
 def _int64(value: Any) -> int | None:
@@ -217,10 +236,10 @@ def _int64(value: Any) -> int | None:
 
 def where_in_memory(event: Event) -> tuple[int | None, int | None, str | None]:
     """(pfn, physical address, memory location) from the event's CPER or fields."""
-    f = event.fields
-    if event.cper is not None and "pfn" not in f and "phys_addr" not in f and \
-            event.kind != MC_EVENT:
-        return _cper_place(event.cper)  # the record alone decides: once per record
+    f, record = event.fields, event.cper
+    if record is not None and "pfn" not in f and "phys_addr" not in f and \
+            event.kind != MC_EVENT:  # the record alone decides: once per record
+        return record.derived.get("store_place") or _cper_place(record)
     phys, location = _int64(f.get("phys_addr")), None
     if event.kind == MC_EVENT:  # ras:mc_event: EDAC's physical address and DIMM label
         phys = phys or _int64(f.get("address"))
@@ -319,18 +338,27 @@ class DecodedText:
     """event_decoded() as JSON text, remembered for GHES events: a storm's differ in
     nothing it holds (their fields are the GHES source's, their CPER is in the raw
     column), so one text serves them all. Keyed by the field items, whose types the
-    GHES handler fixes (an int never stands where a bool did)."""
+    GHES handler fixes (an int never stands where a bool did). The last text is kept
+    apart with a copy of its fields: a storm's next event has equal fields, and
+    comparing two dicts (and their key order) costs less than making and hashing the
+    key."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._texts: dict[tuple, str] = {}
+        self._last: tuple | None = None  # (fields copy, their keys, truncated, no CPER, text)
 
     def __call__(self, event: Event) -> str:
-        if event.kind != GHES or event.esr is not None or \
-                event.cper is not None and not cper_in_raw(event):
+        rec, fields = event.cper, event.fields
+        if event.kind != GHES or event.esr is not None or rec is not None and not (
+                rec.raw == event.raw and rec.offset == 0 and rec.raw):  # cper_in_raw()
             return _dumps(event_decoded(event))
+        last = self._last
+        if last is not None and fields == last[0] and last[2] == event.truncated and \
+                last[3] == (rec is None) and tuple(fields) == last[1]:
+            return last[4]  # the same items as the last event's: its key, its text
         try:
-            key = (tuple(event.fields.items()), event.truncated, event.cper is None)
+            key = (tuple(fields.items()), event.truncated, rec is None)
             text = self._texts.get(key)
         except TypeError:  # an unhashable field value
             return _dumps(event_decoded(event))
@@ -338,6 +366,7 @@ class DecodedText:
             if len(self._texts) >= self.size:
                 self._texts.clear()
             text = self._texts[key] = _dumps(event_decoded(event))
+        self._last = (dict(fields), tuple(fields), event.truncated, rec is None, text)
         return text
 
 
@@ -345,14 +374,17 @@ def event_row(event: Event, vm: str | None, decoded: Callable[[Event], str] | No
               ) -> tuple:
     """The events table row (EVENT_COLUMNS); ``decoded`` gives the JSON text (default:
     event_decoded() encoded)."""
-    task = event.task
+    task, severity = event.task, event.severity
     pfn, phys, location = where_in_memory(event)
     text = decoded(event) if decoded is not None else _dumps(event_decoded(event))
+    if task is None:
+        tgid = tid = comm = None
+    else:
+        tgid, tid, comm = task.tgid, task.tid, task.comm
     return (event.id, event.kind, event.source, event.wall_ns, event.mono_ns, event.cpu,
-            task.tgid if task else None, task.tid if task else None, task.comm if task else None,
-            event.severity, SEVERITY_RANK.get(event.severity), event.containment, event.reason,
-            event.incident_id, vm, pfn, phys, location, text, event.raw or None,
-            event.decode_error)
+            tgid, tid, comm, severity, SEVERITY_RANK.get(severity), event.containment,
+            event.reason, event.incident_id, vm, pfn, phys, location, text,
+            event.raw or None, event.decode_error)
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -371,14 +403,20 @@ def incident_row(inc: Incident) -> tuple:
             _dumps(list(inc.sections)) if inc.sections else None)
 
 
+_ROW_ID = operator.itemgetter(0)  # an event row's id
+
 # How often an open incident whose state did not change is rewritten (_due_incidents).
 INCIDENT_REWRITE_S = 1.0
 
 
+_STATE_FIELDS = operator.attrgetter("kind", "severity", "containment", "summary", "closed",
+                                    "merged_into", "vm", "blast_radius", "location", "pfn", "cpu")
+
+
 def _state_of(inc: Incident) -> tuple:
-    """What, changed, gets an incident rewritten at once (not its times or counts)."""
-    return (inc.kind, inc.severity, inc.containment, inc.summary, inc.closed, inc.merged_into,
-            inc.vm, inc.blast_radius, len(inc.disagreements), inc.location, inc.pfn, inc.cpu)
+    """What, changed, gets an incident rewritten at once (not its times or counts).
+    (attrgetter: asked per incident and batch, in a storm about once per event.)"""
+    return _STATE_FIELDS(inc), len(inc.disagreements)
 
 
 # --- the writer ---------------------------------------------------------------------------
@@ -405,6 +443,7 @@ class _Batch:
     members: list[tuple[int, int]]
     vms: dict[int, str]  # incident id -> VM name
     closed: list[int]
+    full: bool = False  # committed because it filled up (a storm: more follow at once)
 
 
 class Store:
@@ -527,11 +566,13 @@ class Store:
                         raise sqlite3.DatabaseError(f"integrity_check: {verdict}")
                     self.checked_integrity = True
             else:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
+                # only before the first table and WAL (page size first: auto_vacuum
+                # fixes it); the file keeps both
+                conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("cannot switch to WAL")
-            for pragma in WRITER_PRAGMAS:  # wal_autocheckpoint 32 MB: fewer checkpoint fsyncs
-                conn.execute(f"PRAGMA {pragma}")
+            set_writer_pragmas(conn)
             migrate(conn)
         except BaseException:
             conn.close()
@@ -594,7 +635,9 @@ class Store:
             rows.append(event_row(event, vm, self._decoded_text))
             if iid is not None:
                 self._row_incident[eid] = iid
-            if len(rows) >= self.batch_events or self._batch_due():
+            # full, or due (_batch_due(), inline: rows are pending)
+            if len(rows) >= self.batch_events or \
+                    self.clock() - self._batch_started >= self.batch_s:
                 self._commit(force=False)
 
     def _renumber(self, event: Event) -> None:
@@ -626,6 +669,8 @@ class Store:
         """An incident opened or changed (the correlator's ``on_change``): written with
         the next batch, as it is at commit time (saved ten times in one batch, written
         once)."""
+        if self._incidents.get(incident.id) is incident:
+            return  # pending already (a storm saves it per event): the lock is not needed
         with self._lock:
             if incident.id is None:
                 incident.id = self.next_incident_id
@@ -701,13 +746,18 @@ class Store:
             if force:
                 self._collect(keep=0)
             return
-        self._rows, self._incidents, self._row_incident = [], {}, {}
+        self._rows, self._row_incident = [], {}
         now = self.clock()
-        due = incidents if force else self._due_incidents(incidents, now)
-        for iid, inc in incidents.items():
-            if iid not in due:
-                self._incidents.setdefault(iid, inc)
-        self._store_batch(self._prepare(rows, incidents, due, row_incident, now))
+        members = self._pending_members(incidents, row_incident)  # of all pending incidents
+        if force:
+            due, self._incidents = incidents, {}
+        else:
+            due = self._due_incidents(incidents, now)
+            for iid in due:  # the others stay pending (held back)
+                del incidents[iid]
+        batch = self._prepare(rows, members, due, now)
+        batch.full = not force and len(rows) >= self.batch_events
+        self._store_batch(batch)
         if force:
             self._collect(keep=0)  # flush, close, retention: what was handed over is in
 
@@ -719,44 +769,45 @@ class Store:
         INCIDENT_REWRITE_S; new, closed, merged or changed ones go at once. So an open
         incident's row may lag its committed events by that long (a kill -9 then leaves
         its last time and count that old; the events themselves name their incident)."""
-        due = {}
+        due, written = {}, self._incident_written
         for iid, inc in incidents.items():
-            last = self._incident_written.get(iid)
+            last = written.get(iid)
             if last is None or inc.closed or now - last[0] >= INCIDENT_REWRITE_S or \
-                    last[1] != _state_of(inc):
+                    last[1] != (_STATE_FIELDS(inc), len(inc.disagreements)):  # _state_of()
                 due[iid] = inc
         return due
 
-    def _prepare(self, rows: list[tuple], incidents: dict[int, Incident],
-                 due: dict[int, Incident], row_incident: dict[int, int], now: float) -> "_Batch":
-        members, lengths = self._pending_members(incidents, row_incident)
+    def _prepare(self, rows: list[tuple], members: list[tuple[int, int]],
+                 due: dict[int, Incident], now: float) -> "_Batch":
         inc_rows = [incident_row(i) for i in due.values()]
         vms = {iid: name for iid, i in due.items() if (name := vm_name(i.vm))}
         closed = [iid for iid, i in due.items() if i.closed]
         # booked as written now, not when the writer answers: the next batch must not
         # send them again (a batch that fails loses its events: their members are moot)
-        self._members_written.update(lengths)
         self._incident_written.update((iid, (now, _state_of(i))) for iid, i in due.items()
                                       if not i.closed)
         return _Batch(rows, inc_rows, members, vms, closed)
 
     def _pending_members(self, incidents: dict[int, Incident], row_incident: dict[int, int]
-                         ) -> tuple[list, dict[int, int]]:
+                         ) -> list[tuple[int, int]]:
         """(incident, event) pairs to add to incident_events: only event ids not written
         yet (correlators append; rewriting a storm incident's whole list each time is
         O(n^2)), and only those the event row does not already tell: an event in this
         batch whose incident_id is the incident. What remains are events that joined
-        through a merge or a predictive-failure incident. Returns the pairs and how many
-        ids each incident had."""
-        out, lengths = [], {}
+        through a merge or a predictive-failure incident. Books them as written (see
+        _prepare)."""
+        out = []
+        written, named = self._members_written, row_incident.get
         for iid, inc in incidents.items():
             ids = inc.event_ids
             n = len(ids)
-            done = self._members_written.get(iid, 0)
-            out.extend((iid, eid) for eid in ids[done if done <= n else 0:n]
-                       if row_incident.get(eid) != iid)
-            lengths[iid] = n
-        return out, lengths
+            done = written.get(iid, 0)
+            if done != n:  # (a plain loop: mostly one new id, a comprehension costs more)
+                for eid in ids[done if done < n else 0:n]:
+                    if named(eid) != iid:
+                        out.append((iid, eid))
+                written[iid] = n
+        return out
 
     def _store_batch(self, batch: "_Batch") -> None:
         if self.conn is None:
@@ -796,7 +847,8 @@ class Store:
 
     def _send(self, batch: "_Batch") -> None:
         try:
-            self._writer.send_batch(batch.rows, batch.incident_rows, batch.members, batch.vms)
+            self._writer.send_batch(batch.rows, batch.incident_rows, batch.members, batch.vms,
+                                    batch.full)
         except OSError:  # the child is gone (killed, crashed): its pipe broke
             self._in_flight.append(batch)
             self._collect(keep=0)
@@ -842,7 +894,7 @@ class Store:
         c.committed_events += len(b.rows)
         c.committed_incidents += len(b.incident_rows)
         if b.rows:
-            c.last_committed_event_id = max(c.last_committed_event_id, max(r[0] for r in b.rows))
+            c.last_committed_event_id = max(c.last_committed_event_id, max(map(_ROW_ID, b.rows)))
         self._vm_by_incident.update(b.vms)
         for iid in b.closed:  # no more members will come: keep the bookkeeping bounded
             self._members_written.pop(iid, None)

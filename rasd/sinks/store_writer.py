@@ -13,9 +13,9 @@ Why it keeps the store's promises:
 
 - committed means committed by this process (the daemon counts a batch as written
   only on its ``ok``); its connection is WAL, synchronous=NORMAL like the daemon's;
-- ``kill -9`` of the daemon: this process reads end-of-file, finishes the batch it
-  holds (or never started it), closes and exits; kill -9 of both loses only what was
-  not committed, as before;
+- ``kill -9`` of the daemon: this process stops at once, committing nothing more (see
+  parent_watch: what it holds was never reported committed), closes and exits;
+  kill -9 of both loses only what was not committed, as before;
 - memory stays bounded: the daemon keeps at most ``MAX_IN_FLIGHT`` batches
   unanswered and blocks (backpressure to the ring buffer) beyond that;
 - a failed write (disk full, corruption) comes back as the same reason text the
@@ -24,8 +24,8 @@ Why it keeps the store's promises:
 Protocol on stdin/stdout: frames of a 1-byte codec tag (``M`` marshal, ``P``
 pickle for values marshal cannot carry), a 4-byte little-endian length and the
 payload. Requests: ``("open", path)``, ``("batch", rows, incident_rows, members,
-vms)``. Replies, one per batch, in order: ``("ok",)`` or ``("error", reason,
-corrupt)``.
+vms, full)`` (``full``: the daemon sent it because it filled up; may be left out).
+Replies, one per batch, in order: ``("ok",)`` or ``("error", reason, corrupt)``.
 
     python -m rasd.sinks.store_writer PID  # started by Store(..., writer="process")
 """
@@ -34,30 +34,34 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import marshal
 import os
 import pickle
+import queue
 import select
 import signal
 import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from itertools import chain
 from typing import Any, BinaryIO
 
 MINUTE_NS = 60 * 10**9
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
-MAX_IN_FLIGHT = 8  # batches sent and not yet answered: bounds memory in both processes
+# Batches sent and not yet answered, at most: bounds memory in both processes. Room for
+# a group being written (GROUP_BATCHES) and twice that many sent meanwhile.
+MAX_IN_FLIGHT = 12
 PIPE_BYTES = 8 << 20  # the request pipe's size, when allowed (see _grow_pipe)
 _FRAME = struct.Struct("<cI")
 
 EVENT_COLUMNS = ("id", "kind", "source", "wall_ns", "mono_ns", "cpu", "tgid", "tid", "comm",
                  "severity", "sev_rank", "containment", "reason", "incident_id", "vm", "pfn",
                  "phys_addr", "location", "decoded", "raw", "decode_error")
-INSERT_EVENT = (f"INSERT OR REPLACE INTO events ({', '.join(EVENT_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 INCIDENT_COLUMNS = ("id", "kind", "key", "first_wall_ns", "last_wall_ns", "severity", "sev_rank",
                     "containment", "summary", "pfn", "phys_addr", "location", "cpu", "mpidr",
                     "vm", "vm_name", "blast_radius", "disagreements", "event_kinds",
@@ -66,16 +70,33 @@ UPSERT_INCIDENT = (f"INSERT OR REPLACE INTO incidents ({', '.join(INCIDENT_COLUM
                    f"VALUES ({', '.join('?' * len(INCIDENT_COLUMNS))})")
 ROLLUP_ADD = ("INSERT INTO event_counts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
               "SET n = n + excluded.n")
+# Python's sqlite3 binds int, float, str and bytearray directly; any other value (None,
+# bytes: two or three per event row) goes through its adapter lookup, which formats and
+# clears an AttributeError each time unless an adapter is registered for the type. These
+# give SQLite exactly what it got before (bytes(b) is b; NULL for None), without that.
+sqlite3.register_adapter(bytes, bytes)
+sqlite3.register_adapter(type(None), {}.get)  # any value -> None
 # what every writing connection sets (journal_mode=WAL is kept in the file itself)
 WRITER_PRAGMAS = ("synchronous = NORMAL", "temp_store = MEMORY", "journal_size_limit = 67108864",
-                  "cache_size = -16384", "wal_autocheckpoint = 8192")
+                  "cache_size = -16384")
+WAL_CHECKPOINT_BYTES = 32 << 20  # checkpoint at a 32 MB WAL: fewer checkpoint fsyncs
 
 
-def rollup_key(row: tuple) -> tuple:
-    """(minute, kind, sev_rank, cpu, location, pfn) of an event row; NULL -> -1 / ''."""
-    sev, cpu, loc, pfn = row[10], row[5], row[17], row[15]
-    return (row[3] // MINUTE_NS, row[1], -1 if sev is None else sev, -1 if cpu is None else cpu,
-            loc or "", -1 if pfn is None else pfn)
+def set_writer_pragmas(conn: sqlite3.Connection) -> None:
+    """WRITER_PRAGMAS, and wal_autocheckpoint (a page count) for WAL_CHECKPOINT_BYTES at
+    this file's page size (a new store's pages are larger than an older one's)."""
+    for pragma in WRITER_PRAGMAS:
+        conn.execute(f"PRAGMA {pragma}")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page}")
+
+
+def rollup_counts(rows: list) -> Counter:
+    """Rows per rollup key: (minute, kind, sev_rank, cpu, location, pfn) of an event row,
+    NULL as -1 / '' (event_counts' primary key)."""
+    return Counter([(r[3] // MINUTE_NS, r[1], -1 if r[10] is None else r[10],
+                     -1 if r[5] is None else r[5], r[17] or "", -1 if r[15] is None else r[15])
+                    for r in rows])
 
 
 def write_batch(conn: sqlite3.Connection, rows: list, incident_rows: list, members: list,
@@ -84,8 +105,8 @@ def write_batch(conn: sqlite3.Connection, rows: list, incident_rows: list, membe
     ``before_commit()`` may still call it off (by raising: the batch is rolled back)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(INSERT_EVENT, rows)
-        counts = Counter(map(rollup_key, rows))
+        insert_events(conn, rows)
+        counts = rollup_counts(rows)
         conn.executemany(ROLLUP_ADD, [(*k, n) for k, n in counts.items()])
         conn.executemany(UPSERT_INCIDENT, incident_rows)
         conn.executemany("INSERT OR IGNORE INTO incident_events VALUES (?, ?)", members)
@@ -100,6 +121,42 @@ def write_batch(conn: sqlite3.Connection, rows: list, incident_rows: list, membe
     except BaseException:
         rollback(conn)
         raise
+
+
+def insert_events(conn: sqlite3.Connection, rows: list) -> None:
+    """INSERT OR REPLACE of the event rows (EVENT_COLUMNS), cheaper than one such
+    statement per row (the per-row SQLite work is most of the writer's):
+
+    - a plain INSERT first: ids are new (the daemon numbers on from the file's
+      highest), and SQLite's OR REPLACE path costs markedly more per row.
+      A row whose id is taken (not expected) fails it; all rows then go again with OR
+      REPLACE, which leaves what OR REPLACE alone leaves (the rows the plain try
+      inserted are replaced by themselves);
+    - INSERT_CHUNKS[0] rows per statement: one statement's set-up and halt serve them
+      all."""
+    try:
+        _insert_chunked(conn, rows, "INSERT")
+    except sqlite3.IntegrityError:
+        _insert_chunked(conn, rows, "INSERT OR REPLACE")
+
+
+INSERT_CHUNKS = (100, 10, 1)  # rows per statement: as many of the largest as fit, then less
+
+
+def _insert_chunked(conn: sqlite3.Connection, rows: list, verb: str) -> None:
+    start = 0
+    for size in INSERT_CHUNKS:
+        end = start + (len(rows) - start) // size * size
+        if end > start:
+            conn.executemany(_insert_sql(verb, size), [
+                list(chain.from_iterable(rows[i:i + size])) for i in range(start, end, size)])
+            start = end
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_sql(verb: str, rows: int) -> str:
+    one = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+    return f"{verb} INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([one] * rows)}"
 
 
 def rollback(conn: sqlite3.Connection) -> None:
@@ -181,10 +238,8 @@ def parent_watch(parent: int) -> Any:
 def serve(requests: BinaryIO, replies: BinaryIO, parent: int | None = None) -> None:
     """Run requests until end of file (the daemon closed the pipe, or died).
 
-    Batches that queued up while the last transaction ran are written together in
-    one transaction (up to GROUP_ROWS rows): when the daemon outpaces the disk, fewer
-    and larger commits (each index page and rollup row touched once per group, one WAL
-    commit) let the writer catch up. Each batch still gets its own answer."""
+    Batches are written a group at a time, in one transaction (see _group). Each batch
+    still gets its own answer, once its group committed."""
     conn: sqlite3.Connection | None = None
     queue = _Requests(requests)
     watch = parent_watch(os.getppid() if parent is None else parent)
@@ -194,10 +249,7 @@ def serve(requests: BinaryIO, replies: BinaryIO, parent: int | None = None) -> N
             if message[0] == "open":
                 conn = _reopen(conn, message[1])
             elif message[0] == "batch":
-                group = [message[1:]]
-                while sum(len(b[0]) for b in group) < GROUP_ROWS and \
-                        (more := queue.next_if_ready("batch")) is not None:
-                    group.append(more[1:])
+                group = _group(queue, message)
                 reply = encode_frame(_run_batch(conn, _merge(group), watch))
                 replies.write(reply * len(group))
                 replies.flush()
@@ -209,30 +261,97 @@ def serve(requests: BinaryIO, replies: BinaryIO, parent: int | None = None) -> N
 
 
 GROUP_ROWS = 20_000  # rows per grouped transaction, at most (plus one batch)
+GROUP_BATCHES = 4  # batches a group waits for (see _group); well under MAX_IN_FLIGHT
+GROUP_WAIT_S = 0.1  # how long, at most, from its first batch
+
+
+def _group(queue: "_Requests", first: tuple) -> list[tuple]:
+    """The batch request ``first`` and those to write with it in one transaction, as
+    (rows, incident_rows, members, vms). Fewer, larger commits cost the writer less per
+    row: each index page and rollup row is touched once per group, the WAL written
+    once.
+
+    - Batches already queued (the daemon outpaced the writer) join, up to GROUP_ROWS.
+    - After a full batch (a storm: the next one is on its way) the group waits for
+      more, up to GROUP_BATCHES and GROUP_WAIT_S after the first. That delays commits
+      by at most that long, only while batches fill up; the daemon, allowed
+      MAX_IN_FLIGHT unanswered batches, goes on meanwhile (it never waits on a group
+      that is waiting for it). Flush, close and the batch_ms timer send batches that
+      are not full: their group commits at once."""
+    group, rows, full = [first[1:5]], len(first[1]), _full(first)
+    deadline = time.monotonic() + GROUP_WAIT_S
+    while rows < GROUP_ROWS:
+        wait = max(0.0, deadline - time.monotonic()) \
+            if full and len(group) < GROUP_BATCHES else 0.0
+        message = queue.next_if_ready("batch", wait)
+        if message is None:
+            break
+        group.append(message[1:5])
+        rows += len(message[1])
+        full = _full(message)
+    return group
+
+
+def _full(message: tuple) -> bool:
+    return len(message) > 5 and bool(message[5])
 
 
 class _Requests:
-    """Frames from an unbuffered pipe, with a look at whether another one is waiting."""
+    """Messages from the daemon's pipe, read (and unmarshalled) ahead by a thread.
+
+    While this process commits a group, the daemon goes on sending: without
+    CAP_SYS_RESOURCE the pipe holds only pipe-max-size (1 MiB: two or three batches),
+    and a daemon that filled it would wait for the commit to end. The thread takes
+    what arrives meanwhile (SQLite lets go of the GIL while it works); the daemon's
+    MAX_IN_FLIGHT still bounds how much that can be."""
 
     def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.held: tuple | None = None  # read ahead, not of the kind asked for
+        self.held: tuple | None = None  # taken, not of the kind asked for
+        self._messages: queue.SimpleQueue = queue.SimpleQueue()
+        self._eof = False
+        # The thread reads its own duplicate of the descriptor: it may outlive serve()
+        # (blocked in a read), and must never read another pipe that reused the number.
+        own = os.fdopen(os.dup(stream.fileno()), "rb", buffering=0)
+        threading.Thread(target=self._read, args=(own,), name="rasd-store-requests",
+                         daemon=True).start()
+
+    def _read(self, stream: BinaryIO) -> None:
+        with stream:
+            try:
+                while (message := read_frame(stream)) is not None:
+                    self._messages.put(message)
+                self._messages.put(None)  # end of file
+            except BaseException as exc:  # noqa: BLE001 - raised again by next()
+                self._messages.put(exc)
 
     def next(self) -> tuple | None:
+        """The next message; None at end of file."""
         if self.held is not None:
             message, self.held = self.held, None
             return message
-        return read_frame(self.stream)
+        return None if self._eof else self._take(self._messages.get())
 
-    def next_if_ready(self, kind: str) -> tuple | None:
-        """The next message if it is already there and of this kind."""
-        if self.held is not None or not select.select([self.stream], [], [], 0)[0]:
+    def next_if_ready(self, kind: str, wait: float = 0.0) -> tuple | None:
+        """The next message if it is there (within ``wait`` seconds) and of this kind."""
+        if self.held is not None or self._eof:
             return None
-        message = read_frame(self.stream)
+        try:
+            message = self._take(self._messages.get(timeout=wait) if wait > 0 else
+                                 self._messages.get_nowait())
+        except queue.Empty:
+            return None
         if message is None or message[0] != kind:
-            self.held = message  # next() returns it (end of file: next() reads it again)
+            self.held = message  # next() returns it (end of file: next() says so again)
             return None
         return message
+
+    def _take(self, item: Any) -> tuple | None:
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        if item is None:
+            self._eof = True
+        return item
 
 
 def _merge(group: list[tuple]) -> tuple:
@@ -254,8 +373,7 @@ def _reopen(conn: sqlite3.Connection | None, path: str) -> sqlite3.Connection | 
         conn.close()
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        for pragma in WRITER_PRAGMAS:
-            conn.execute(f"PRAGMA {pragma}")
+        set_writer_pragmas(conn)
         return conn
     except sqlite3.Error:
         return None  # each batch then says so; the daemon reopens on its own schedule
@@ -279,7 +397,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the daemon names itself: it may have died before this process got to look
     parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
-    serve(sys.stdin.buffer.raw, sys.stdout.buffer, parent)  # raw: select() sees what waits
+    serve(sys.stdin.buffer.raw, sys.stdout.buffer, parent)  # raw: reads return what is there
     return 0
 
 
@@ -333,8 +451,11 @@ class WriterProcess:
     def open(self, path: str) -> None:
         self._send(("open", path))
 
-    def send_batch(self, rows: list, incident_rows: list, members: list, vms: dict) -> None:
-        self._send(("batch", rows, incident_rows, members, vms))
+    def send_batch(self, rows: list, incident_rows: list, members: list, vms: dict,
+                   full: bool = False) -> None:
+        """``full``: sent because it filled up (the writer may wait for the next, see
+        _group)."""
+        self._send(("batch", rows, incident_rows, members, vms, full))
         self.in_flight += 1
 
     def _send(self, message: tuple) -> None:

@@ -5,7 +5,9 @@
 - the store rewrites an unchanged open incident at most every INCIDENT_REWRITE_S, and
   writes incident_events only for members the event rows do not already name;
 - the writer process commits what the inline writer would, answers in order, and a
-  writer that dies is a counted loss and is started again.
+  writer that dies is a counted loss and is started again;
+- the writer's chunked INSERTs leave what INSERT OR REPLACE left, and it writes a
+  storm's full batches a group at a time.
 """
 
 from __future__ import annotations
@@ -261,6 +263,19 @@ def test_the_decoded_text_of_ghes_events_is_shared_only_when_it_is_the_same() ->
                                    "truncated": False, "cper": "from_raw"}
 
 
+
+def test_the_decoded_text_follows_the_order_and_values_of_the_fields() -> None:
+    """The last text is reused only for equal fields in the same order (JSON keeps it)."""
+    text = store_mod.DecodedText()
+    a, b, c = ce(0, BASE_PA), ce(1, BASE_PA), ce(2, BASE_PA)
+    b.fields = {"notify_type": 0, "notify": "polled"}  # a's items, another order
+    c.fields = {"notify": "polled", "notify_type": 1}
+    for e in (a, b, a, c, c, a):
+        assert text(e) == store_mod._dumps(store_mod.event_decoded(e))
+    assert text(a) != text(b) and text(a) != text(c)
+    a.truncated = True
+    assert text(a) == store_mod._dumps(store_mod.event_decoded(a))
+
 # --- the writer process --------------------------------------------------------------------------
 
 @pytest.fixture
@@ -428,3 +443,90 @@ def test_a_writer_that_cannot_run_at_all_leaves_the_store_writing_inline(db: Pat
         s.handle(ce(i, BASE_PA))
     s.close()
     assert c.committed_events == 10 - c.lost_events
+
+
+# --- the writer's SQL ----------------------------------------------------------------------------
+
+def test_insert_events_leaves_what_insert_or_replace_left(tmp_path: Path) -> None:
+    """Chunked multi-row INSERTs, and the fall-back to OR REPLACE when an id is taken (a
+    stored one, or twice in one batch: the later row wins), leave exactly the rows a
+    plain INSERT OR REPLACE per row leaves."""
+    import sqlite3
+
+    from rasd.sinks import store_writer as sw
+
+    def row(eid: int, tag: str) -> tuple:
+        r = store_mod.event_row(ce(eid, BASE_PA), None)
+        return (eid, *r[1:12], f"{r[12]} {tag}", *r[13:])
+
+    batches = [[row(i, "a") for i in range(1, 124)],  # 100 + 2 x 10 + 3 rows
+               [row(i, "b") for i in range(120, 135)] + [row(130, "c")],  # taken ids
+               [row(i, "d") for i in range(135, 137)]]
+    replace = ("INSERT OR REPLACE INTO events (" + ", ".join(sw.EVENT_COLUMNS) + ") VALUES ("
+               + ", ".join("?" * len(sw.EVENT_COLUMNS)) + ")")
+    dumps = []
+    for how in ("chunked", "reference"):
+        db = tmp_path / how / "rasd.db"
+        Store(db).close()
+        conn = sqlite3.connect(db, isolation_level=None)
+        for rows in batches:
+            conn.execute("BEGIN")
+            if how == "chunked":
+                sw.insert_events(conn, rows)
+            else:
+                conn.executemany(replace, rows)
+            conn.execute("COMMIT")
+        dumps.append(conn.execute("SELECT * FROM events ORDER BY id").fetchall())
+        conn.close()
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0]) == 136 and dumps[0][129][12].endswith(" c")
+
+
+def test_a_full_batch_waits_for_the_next_one_and_others_commit_at_once(monkeypatch) -> None:
+    """The writer groups batches into one transaction: after a full one (a storm) it
+    waits a little for the next; after one that is not full (flush, timer) it takes
+    only what is already queued."""
+    import time
+
+    from rasd.sinks import store_writer as sw
+
+    def batch(full: bool | None) -> bytes:
+        message = ("batch", [(1,)], [], [], {}) + (() if full is None else (full,))
+        return sw.encode_frame(message)
+
+    monkeypatch.setattr(sw, "GROUP_WAIT_S", 1.0)
+    r, w = os.pipe()
+    with os.fdopen(r, "rb", buffering=0) as requests, os.fdopen(w, "wb", buffering=0) as out:
+        queue = sw._Requests(requests)
+        out.write(batch(True) + batch(True))
+        start = time.monotonic()
+        assert len(sw._group(queue, queue.next())) == 2
+        assert time.monotonic() - start >= 0.9  # waited for a third that never came
+        # not full, then a frame without the flag (an older daemon's: not full either):
+        # what is queued joins, nothing is waited for
+        out.write(batch(False) + batch(None))
+        start = time.monotonic()
+        group = sw._group(queue, queue.next())
+        assert time.monotonic() - start < 0.5
+        assert len(group) == 2 and group[0] == ([(1,)], [], [], {})
+
+
+def test_a_new_store_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    new = tmp_path / "new.db"
+    Store(new).close()
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    store_mod.migrate(conn)
+    conn.close()
+    for path, size in ((new, store_mod.PAGE_BYTES), (old, 4096)):
+        s = Store(path)
+        s.handle(ce(0, BASE_PA))
+        s.close()
+        r = StoreReader(path)
+        assert r.conn.execute("PRAGMA page_size").fetchone()[0] == size
+        assert len(list(r.events(EventQuery()))) == 1
+        r.close()
