@@ -193,23 +193,20 @@ def _test_plan(t: ExtraAttach) -> dict[str, object]:
 def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
                 probes: Iterable[Probe] = PROBES, test_attach: Iterable[ExtraAttach] = (),
                 require_any: bool = True, timeout: float = 120.0,
-                extra_cflags: Iterable[str] = (), hot_kprobes: bool = False,
-                hot_paths: str | None = None) -> LoadedProbes:
+                extra_cflags: Iterable[str] = (), hot_paths: str = "fentry") -> LoadedProbes:
     """Resolve, then compile/load/attach in a child; return readers and fds.
 
     Raises NoProbesError when nothing attached (unless require_any=False) and
-    LoaderError when the child fails as a whole. hot_kprobes: allow kprobes on
-    hot paths (every VM exit) when fentry does not work; hot_paths: "off", "fentry" or
-    "kprobe" for them ([bpf] vm_exit_probes). extra_cflags: tests only."""
+    LoaderError when the child fails as a whole. hot_paths: "off", "fentry" or
+    "kprobe" for the per-VM-exit probes ([bpf] vm_exit_probes; "kprobe" allows a kprobe
+    where fentry does not work). extra_cflags: tests only."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError("ringbuf_pages must be a power of two")
     child = _LoaderChild()
     try:
         view = view or KernelView.from_host()
         probes = list(probes)
-        hot_paths = hot_paths or ("kprobe" if hot_kprobes else "fentry")
-        hot_kprobes = hot_paths == "kprobe"
-        results = resolve(view, probes, hot_paths=hot_paths)
+        results = resolve(view, probes, hot_paths)
         plans = _probe_plans(probes, results, view)
         if not plans and require_any:
             require_some(results)  # nothing to load: say why, no compile
@@ -219,7 +216,7 @@ def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
         raise
     request = {"bpf_dir": str(BPF_DIR), "ringbuf_pages": ringbuf_pages, "arch": view.arch,
                "btf": view.btf, "probes": plans, "extra_cflags": list(extra_cflags),
-               "testing": bool(test_attach), "hot_kprobes": hot_kprobes}
+               "testing": bool(test_attach), "hot_kprobes": hot_paths == "kprobe"}
     reply, fds = child.run(request, timeout)
     loaded = _assemble(results, reply, fds, detect_features(view))
     if require_any:

@@ -89,9 +89,6 @@ class Btf:
     def has_function(self, name: str) -> bool:
         return self.find(name, K_FUNC) is not None
 
-    def functions(self) -> set[str]:
-        return {self._str(off) for kind, off in self._named if kind == K_FUNC}
-
     def func_param_sizes(self, name: str) -> list[int] | None:
         """Byte sizes of a BTF function's parameters, or None if not a BTF function."""
         tid = self.find(name, K_FUNC)

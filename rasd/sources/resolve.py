@@ -280,11 +280,9 @@ HOT_KPROBE_REASON = ("hot path (every VM exit): fentry unavailable and a kprobe 
                      "on each exit; allow with [bpf] vm_exit_probes = \"kprobe\"")
 
 
-def resolve_probe(p: Probe, view: KernelView, hot_kprobes: bool = False,
-                  hot_paths: str | None = None) -> Resolution:
-    """hot_paths: "off", "fentry" or "kprobe" for the per-VM-exit probes (default:
-    "kprobe" if hot_kprobes else "fentry")."""
-    hot_paths = hot_paths or ("kprobe" if hot_kprobes else "fentry")
+def resolve_probe(p: Probe, view: KernelView, hot_paths: str = "fentry") -> Resolution:
+    """hot_paths: "off", "fentry" or "kprobe" for the per-VM-exit probes ([bpf]
+    vm_exit_probes; "kprobe": fentry, else a kprobe)."""
     if view.lockdown == "confidentiality":
         return Resolution(p.name, LOCKDOWN, reason="lockdown=confidentiality refuses kprobes, "
                           "BPF kernel reads and tracefs")
@@ -327,10 +325,9 @@ def _describe(symbols: tuple[str, ...]) -> str:
 
 
 def resolve(view: KernelView, probes: Iterable[Probe] = PROBES,
-            hot_kprobes: bool = False, hot_paths: str | None = None) -> list[Resolution]:
-    """hot_kprobes: allow kprobes on hot paths when fentry is unavailable; hot_paths:
-    see resolve_probe."""
-    return [resolve_probe(p, view, hot_kprobes, hot_paths) for p in probes]
+            hot_paths: str = "fentry") -> list[Resolution]:
+    """hot_paths: see resolve_probe."""
+    return [resolve_probe(p, view, hot_paths) for p in probes]
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_hot_paths_never_kprobed_by_default(v612):
     res = by_name(resolve(view))
     for name in ("handle_exit_early", "kvm_handle_guest_abort"):
         assert res[name].status == FAILED and "every VM exit" in res[name].reason
-    allowed = by_name(resolve(view, hot_kprobes=True))
+    allowed = by_name(resolve(view, hot_paths="kprobe"))
     assert allowed["handle_exit_early"].status == PENDING
     assert allowed["handle_exit_early"].kind == "kprobe"
     # rare paths are unaffected
@@ -288,7 +288,7 @@ def test_fentry_predicted_from_the_kernel_config(v61, v612):
         assert "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS" in res61[name].reason
     assert by_name(resolve(v612))["kvm_handle_guest_abort"].fentry
     # the operator's opt-in still turns them into kprobes on 6.1
-    assert by_name(resolve(v61, hot_kprobes=True))["handle_exit_early"].kind == "kprobe"
+    assert by_name(resolve(v61, hot_paths="kprobe"))["handle_exit_early"].kind == "kprobe"
     # an unreadable config is not a verdict: fentry is tried, as before
     unknown = dataclasses.replace(v61, direct_calls=None)
     assert by_name(resolve(unknown))["handle_exit_early"].fentry
