@@ -250,9 +250,12 @@ class Rasd:
             exe = ("PYTHONPATH=/rasd exec python3 -m rasd.cli.daemon" if self.how == "checkout"
                    else "exec /usr/bin/rasd")
             # loopback for the metrics endpoint; setsid: outlives the command's shell
+            (self.host_dir / "rasd.pid").unlink(missing_ok=True)   # a stopped run's pid
             self.sh("ip link set lo up 2>/dev/null; mkdir -p /var/lib/rasd; "
                     f"cd / && setsid -f sh -c '{exe} --config {GUEST_DIR}/rasd.toml "
-                    f">> {GUEST_DIR}/rasd.log 2>&1 & echo $! > {GUEST_DIR}/rasd.pid'")
+                    f">> {GUEST_DIR}/rasd.log 2>&1 & echo $! > {GUEST_DIR}/rasd.pid.new && "
+                    f"mv {GUEST_DIR}/rasd.pid.new {GUEST_DIR}/rasd.pid'")
+            self._wait_pid_file(t0)
         doc = self.wait_ready(timeout - (time.monotonic() - t0))
         self.ready_s.append(round(time.monotonic() - t0, 1))
         if retry and self.loader_retries > 0 and self.loader_timed_out(doc):
@@ -262,6 +265,17 @@ class Rasd:
             self.stop()
             return self.start(timeout, retry=False)
         return doc
+
+    def _wait_pid_file(self, t0: float, timeout: float = 60) -> None:
+        """`setsid -f` returns before its child has started rasd and written the pid:
+        asking alive() before then reads "no pid" as "exited" (CI saw that on a loaded
+        host, with an empty log). The file is renamed into place, so it is never half-written."""
+        pid_file = self.host_dir / "rasd.pid"
+        while not pid_file.exists():
+            if time.monotonic() - t0 > timeout:
+                raise RasdError(f"rasd's launcher wrote no pid file in {timeout:.0f}s:\n"
+                                f"{self.log()[-3000:]}")
+            time.sleep(0.2)
 
     @staticmethod
     def loader_timed_out(doc: dict) -> bool:
