@@ -61,6 +61,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "loader_timeout_s": Key((int, float), 120, "how long the probe loader child may take "
                                 "to compile and attach (bcc's compile is slow on small or "
                                 "busy machines)", _positive),
+        "cache_dir": Key(str, "/var/cache/rasd", "compiled-probe cache: a start on a kernel "
+                         "it has compiled for before loads the bytecode instead of running "
+                         "clang (seconds to minutes, ~130 MB) again; must be writable by root "
+                         "only; empty: always compile"),
         "vm_exit_probes": Key(str, "off", "the KVM probes that run on every VM exit "
                               "(handle_exit_early, kvm_handle_guest_abort): off (guest SErrors "
                               "and SEAs are still seen on their rare paths: apei_claim_sea, "

@@ -140,7 +140,8 @@ class Daemon:
         try:
             self.loaded = load_probes(self.view, ringbuf_pages=self.cfg["bpf"]["ringbuf_pages"],
                                       timeout=self.cfg["bpf"]["loader_timeout_s"],
-                                      hot_paths=self.cfg["bpf"]["vm_exit_probes"])
+                                      hot_paths=self.cfg["bpf"]["vm_exit_probes"],
+                                      cache_dir=self.cfg["bpf"]["cache_dir"] or None)
         except NoProbesError as exc:
             self.notes.append(str(exc))
             log.error("%s", exc)
@@ -154,8 +155,9 @@ class Daemon:
             log.info("probe %-26s %-15s %s %s", r.probe, r.status, r.symbol or "", r.reason)
         st = self.loaded.stats
         log.info("probes loaded in %.2f s (loader child %.2f s, of which BTF %.2f s, "
-                 "bcc compile + verifier %.2f s)", time.monotonic() - t0,
-                 st.get("total_s", 0), st.get("btf_s", 0), st.get("compile_s", 0))
+                 "bcc compile + verifier %.2f s, cached load %.2f s; compile cache: %s)",
+                 time.monotonic() - t0, st.get("total_s", 0), st.get("btf_s", 0),
+                 st.get("compile_s", 0), st.get("cache_load_s", 0), st.get("cache", "off"))
         hint = perf_paranoid_hint(self.loaded.results)
         if hint:
             self.notes.append(hint)
@@ -422,6 +424,7 @@ class Daemon:
         return {"version": __version__, "pid": os.getpid(), "started": self.started_wall,
                 "lockdown": self.lockdown, "probes": self.probe_table(),
                 "features": self.loaded.features.to_json() if self.loaded else None,
+                "loader": self.loaded.stats if self.loaded else None,
                 "counters": {**self.pipeline.counters.to_dict(),
                              "lost_kernel": self.lost_kernel(),
                              "source_errors": self.source_errors,

@@ -240,6 +240,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     print(f"rasd {doc['version']} pid {doc['pid']}, lockdown {doc['lockdown']}")
+    loader = doc.get("loader")
+    if loader:
+        how = (f"loaded from the compile cache in {loader.get('cache_load_s', 0):.2f} s"
+               if loader.get("cache") == "hit" else
+               f"compiled in {loader.get('compile_s', 0):.2f} s "
+               f"(compile cache: {loader.get('cache', 'off')})")
+        print(f"probes {how}")
     print(f"{'PROBE':28} {'STATUS':16} {'KIND':18} {'SYMBOL':32} REASON")
     for p in doc["probes"]:
         print(f"{p['probe']:28} {p['status']:16} {p['kind'] or '-':18} "

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from . import bpf_cache
 from .probes import BPF_SOURCES, BPF_TEST_SOURCE, PROBES, TEST_PROBE_ID, Probe
 from .records import Record, parse_record
 from .resolve import (ATTACHED, FAILED, HOT_KPROBE_REASON, PENDING, Features, KernelView,
@@ -193,16 +194,18 @@ def _test_plan(t: ExtraAttach) -> dict[str, object]:
 def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
                 probes: Iterable[Probe] = PROBES, test_attach: Iterable[ExtraAttach] = (),
                 require_any: bool = True, timeout: float = 120.0,
-                extra_cflags: Iterable[str] = (), hot_paths: str = "fentry") -> LoadedProbes:
+                extra_cflags: Iterable[str] = (), hot_paths: str = "fentry",
+                cache_dir: str | None = None) -> LoadedProbes:
     """Resolve, then compile/load/attach in a child; return readers and fds.
 
     Raises NoProbesError when nothing attached (unless require_any=False) and
     LoaderError when the child fails as a whole. hot_paths: "off", "fentry" or
     "kprobe" for the per-VM-exit probes ([bpf] vm_exit_probes; "kprobe" allows a kprobe
-    where fentry does not work). extra_cflags: tests only."""
+    where fentry does not work). cache_dir: the compiled-probe cache ([bpf] cache_dir;
+    None: always compile). extra_cflags: tests only."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError("ringbuf_pages must be a power of two")
-    child = _LoaderChild()
+    child = _LoaderChild(defer_bcc=bool(cache_dir) and bpf_cache.CacheDir(cache_dir).has_release())
     try:
         view = view or KernelView.from_host()
         probes = list(probes)
@@ -216,7 +219,8 @@ def load_probes(view: KernelView | None = None, ringbuf_pages: int = 64,
         raise
     request = {"bpf_dir": str(BPF_DIR), "ringbuf_pages": ringbuf_pages, "arch": view.arch,
                "btf": view.btf, "probes": plans, "extra_cflags": list(extra_cflags),
-               "testing": bool(test_attach), "hot_kprobes": hot_paths == "kprobe"}
+               "testing": bool(test_attach), "hot_kprobes": hot_paths == "kprobe",
+               "cache_dir": cache_dir}
     reply, fds = child.run(request, timeout)
     loaded = _assemble(results, reply, fds, detect_features(view))
     if require_any:
@@ -232,14 +236,14 @@ class _LoaderChild:
     """The child process, started before resolution so that Python start-up and
     the bcc import overlap with reading kallsyms in the parent."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer_bcc: bool = False) -> None:
         self.sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
         with child_sock:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rasd.sources.bpf_loader", "--child",
-                 str(child_sock.fileno())],
+                 str(child_sock.fileno())] + (["--defer-bcc"] if defer_bcc else []),
                 pass_fds=(child_sock.fileno(),), env=env, stderr=subprocess.PIPE)
 
     def abort(self) -> None:
@@ -380,14 +384,20 @@ def _esr32_mask(btf, plans: list[dict]) -> int:
     return mask
 
 
-def _compile(request: dict, plans: list[dict], cflags: list[str]):
-    from bcc import BPF
+def _program(request: dict, plans: list[dict], cflags: list[str]) -> tuple[str, list[str]]:
+    """The C text and compile flags bcc gets for these plans."""
     extra = [p["c"] for p in plans if p.get("c")]
     macros = [f"-D{p['fentry_macro']}" for p in plans if p.get("fentry_macro")]
     text = _source_text(request["bpf_dir"], extra, request.get("testing", False),
                         {p["source"] for p in plans if p.get("source")})
-    return BPF(text=text.encode(), cflags=_base_cflags(request["bpf_dir"], request["ringbuf_pages"])
-               + cflags + macros + request.get("extra_cflags", []))
+    return text, (_base_cflags(request["bpf_dir"], request["ringbuf_pages"])
+                  + cflags + macros + request.get("extra_cflags", []))
+
+
+def _compile(request: dict, plans: list[dict], cflags: list[str]):
+    from bcc import BPF
+    text, flags = _program(request, plans, cflags)
+    return BPF(text=text.encode(), cflags=flags)
 
 
 def _all_attach_fds(b) -> set[int]:
@@ -434,6 +444,82 @@ def _map_names(b) -> list[str]:
     return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
 
 
+def _skip_reason(p: dict, request: dict, vcpu_esr: bool) -> str | None:
+    """Why a planned probe is not attached at all (same answer on both load paths)."""
+    if p.get("hot") and not p.get("fentry_fn") and not request.get("hot_kprobes"):
+        return HOT_KPROBE_REASON
+    if p.get("needs_vcpu_esr") and not vcpu_esr:
+        return NO_SEA_FILTER_REASON
+    return None
+
+
+NO_SEA_FILTER_REASON = "BTF lacks kvm_vcpu.arch.fault.esr_el2: no SEA filter"
+
+
+def _cache_key(request: dict, plans: list[dict], cflags: list[str]) -> str:
+    text, flags = _program(request, plans, cflags)
+    return bpf_cache.entry_key(text, flags, plans,
+                               {"hot_kprobes": bool(request.get("hot_kprobes"))})
+
+
+def _from_cache(request: dict, plans: list[dict], cflags: list[str], btf,
+                vcpu_esr: bool, notes: list[str]):
+    """(cache dir or None, key, the loaded CachedObject or None, state)."""
+    if not request.get("cache_dir"):
+        return None, None, None, "off"
+    cache = bpf_cache.CacheDir(request["cache_dir"])
+    if not bpf_cache.cacheable(plans):
+        return None, None, None, "not cacheable"
+    key = _cache_key(request, plans, cflags)
+    needed = {p[f] for p in plans if not _skip_reason(p, request, vcpu_esr)
+              for f in ("entry_fn", "exit_fn", "fentry_fn") if p.get(f)}
+    if not cache.path.exists():
+        return cache, key, None, "miss"      # the first compile creates it
+    try:
+        cache.check()
+        entry = cache.get(key)
+        if entry is None:
+            return cache, key, None, "miss"
+        return cache, key, bpf_cache.CachedObject.load(entry, btf, needed), "hit"
+    except bpf_cache.EntryUnusable as exc:
+        notes.append(f"compile cache entry unusable: {exc}; compiling")
+        cache.drop(key)                      # rewritten after the compile
+        return cache, key, None, "entry unusable"
+    except bpf_cache.CacheRefused as exc:    # not ours alone: never read or write it
+        notes.append(f"compile cache not used: {exc}")
+        return None, key, None, "refused"
+
+
+def _bcc_load(request: dict, plans: list[dict], cflags: list[str], notes: list[str]):
+    try:
+        return _compile(request, plans, cflags)
+    except Exception as e:
+        if not any(p.get("fentry_macro") for p in plans):
+            raise
+        notes.append(f"fentry unavailable ({str(e).splitlines()[0]}); using kprobes")
+        for p in plans:
+            p["fentry_fn"] = p["fentry_macro"] = None
+        return _compile(request, plans, cflags)
+
+
+def _store(cache, b, request: dict, plans: list[dict], cflags: list[str],
+           out_probes: list[dict], notes: list[str]) -> str:
+    """After a compile whose probes all attached: write the cache entry."""
+    if cache is None or not bpf_cache.cacheable(plans):
+        return ""
+    if any(not o["ok"] and o["reason"] not in (HOT_KPROBE_REASON, NO_SEA_FILTER_REASON)
+           for o in out_probes):
+        return "not written: a probe failed to attach"   # the next start tries again
+    try:
+        key = _cache_key(request, plans, cflags)   # plans may have lost fentry
+        targets = {p["fentry_fn"]: p["symbol"] for p in plans if p.get("fentry_fn")}
+        cache.put(bpf_cache.capture(b, key, targets))
+        return "written"
+    except (bpf_cache.CacheRefused, OSError) as exc:
+        notes.append(f"compile cache entry not written: {exc}")
+        return "not written"
+
+
 def _child_load(request: dict) -> tuple[dict, list[int]]:
     t0 = time.monotonic()
     cflags, btf, notes = _btf_cflags(request)
@@ -442,17 +528,12 @@ def _child_load(request: dict) -> tuple[dict, list[int]]:
         if p.get("fentry_fn") and (btf is None or not btf.has_function(p["symbol"])):
             p["fentry_fn"] = p["fentry_macro"] = None
             p["kind"] = "kprobe"
+    vcpu_esr = any("RASD_OFF_VCPU_ESR_EL2" in f for f in cflags)
     t1 = time.monotonic()
-    try:
-        b = _compile(request, plans, cflags)
-    except Exception as e:
-        if not any(p.get("fentry_macro") for p in plans):
-            raise
-        notes.append(f"fentry unavailable ({str(e).splitlines()[0]}); using kprobes")
-        for p in plans:
-            p["fentry_fn"] = p["fentry_macro"] = None
-        b = _compile(request, plans, cflags)
+    cache, _, cached, cache_state = _from_cache(request, plans, cflags, btf, vcpu_esr, notes)
+    b = None if cached is not None else _bcc_load(request, plans, cflags, notes)
     t_compile = time.monotonic() - t1
+    tracefs = find_tracefs()
     fds: list[int] = []
 
     def idx(fd: int) -> int:
@@ -460,38 +541,46 @@ def _child_load(request: dict) -> tuple[dict, list[int]]:
         return len(fds) - 1
 
     out_probes = []
-    vcpu_esr = any("RASD_OFF_VCPU_ESR_EL2" in f for f in cflags)
     for p in plans:
-        if p.get("hot") and not p.get("fentry_fn") and not request.get("hot_kprobes"):
+        skip = _skip_reason(p, request, vcpu_esr)
+        if skip:
+            kind = "kprobe" if skip == HOT_KPROBE_REASON else p["kind"]
             out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": False,
-                               "kind": "kprobe", "link_fd_idx": [], "reason": HOT_KPROBE_REASON})
+                               "kind": kind, "link_fd_idx": [], "reason": skip})
             continue
-        if p.get("needs_vcpu_esr") and not vcpu_esr:
-            out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": False,
-                               "kind": p["kind"], "link_fd_idx": [],
-                               "reason": "BTF lacks kvm_vcpu.arch.fault.esr_el2: no SEA filter"})
-            continue
-        ok, kind, reason, links = _attach_one(b, p)
+        ok, kind, reason, links = (cached.attach(p, tracefs) if cached is not None
+                                   else _attach_one(b, p))
         out_probes.append({"name": p["name"], "symbol": p["symbol"], "ok": ok, "kind": kind,
                            "reason": reason, "link_fd_idx": [idx(fd) for fd in links]})
-    prog_idx = {fn.decode(): idx(f.fd) for fn, f in b.funcs.items()}
-    map_idx = {name: idx(b[name].map_fd) for name in _map_names(b)}
+    if cached is not None:
+        prog_idx = {fn: idx(fd) for fn, fd in cached.funcs.items()}
+        map_idx = {name: idx(fd) for name, fd in cached.maps.items()}
+    else:
+        prog_idx = {fn.decode(): idx(f.fd) for fn, f in b.funcs.items()}
+        map_idx = {name: idx(b[name].map_fd) for name in _map_names(b)}
+        written = _store(cache, b, request, plans, cflags, out_probes, notes)
+        if written:
+            cache_state += f", {written}"
     reply = {
         "probes": out_probes,
         "prog_fd_idx": prog_idx,
         "map_fd_idx": map_idx,
         "notes": notes,
-        "stats": {"compile_s": t_compile, "btf_s": t1 - t0,
+        "stats": {"compile_s": 0.0 if cached is not None else t_compile,
+                  "cache": cache_state,
+                  "cache_load_s": t_compile if cached is not None else 0.0,
+                  "btf_s": t1 - t0,
                   "total_s": time.monotonic() - t0,
                   "child_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
     }
     return reply, fds
 
 
-def _child_main(sock_fd: int) -> None:
+def _child_main(sock_fd: int, defer_bcc: bool = False) -> None:
     sock = socket.socket(fileno=sock_fd)
     try:
-        import bcc  # noqa: F401  (while the parent still resolves)
+        if not defer_bcc:   # a compile is likely: import LLVM while the parent resolves
+            import bcc  # noqa: F401
         data = sock.recv(_MAX_MSG)
         if not data:  # parent aborted
             os._exit(0)
@@ -509,8 +598,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", type=int, required=True, metavar="FD",
                     help="socket fd to the parent (internal)")
+    ap.add_argument("--defer-bcc", action="store_true",
+                    help="import bcc only if the compile cache misses (internal)")
     args = ap.parse_args(argv)
-    _child_main(args.child)
+    _child_main(args.child, args.defer_bcc)
 
 
 if __name__ == "__main__":

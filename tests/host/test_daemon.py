@@ -133,3 +133,24 @@ def test_once_prints_the_status_document(tmp_path):
                           doc["store"]["path"], "--json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_restart_on_the_same_kernel_loads_from_the_compile_cache(tmp_path):
+    """The second start finds the first one's compiled probes: no clang, same table."""
+    cfg = write_config(tmp_path / "rasd.toml", tmp_path,
+                       f'[bpf]\ncache_dir = "{tmp_path / "cache"}"\n')
+    docs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-m", "rasd.cli.daemon", "--config", str(cfg),
+                              "--once"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        docs.append(json.loads(out.stdout))
+    first, second = (d["loader"] for d in docs)
+    assert first["cache"] == "miss, written" and first["compile_s"] > 0
+    assert second["cache"] == "hit" and second["compile_s"] == 0
+    assert "compile cache: hit" in out.stderr
+
+    def table(doc):
+        return {p["probe"]: (p["status"], p["kind"]) for p in doc["probes"]}
+    assert table(docs[1]) == table(docs[0])
+    assert any(s == "attached" for s, _ in table(docs[1]).values())
