@@ -458,6 +458,10 @@ NO_SEA_FILTER_REASON = "BTF lacks kvm_vcpu.arch.fault.esr_el2: no SEA filter"
 
 def _cache_key(request: dict, plans: list[dict], cflags: list[str]) -> str:
     text, flags = _program(request, plans, cflags)
+    # where bpf/ is installed (checkout, /usr/share/rasd/bpf) changes no byte of the
+    # program: its only header, common.h, is part of the text
+    include = f"-I{request['bpf_dir']}"
+    flags = ["-I<bpf>" if f == include else f for f in flags]
     return bpf_cache.entry_key(text, flags, plans,
                                {"hot_kprobes": bool(request.get("hot_kprobes"))})
 

@@ -35,6 +35,13 @@ rasdctl.  Readiness is still checked with ``rasdctl status --json`` in the guest
 ``dump_evidence()`` keeps status, metrics, the store (copy + events/incidents
 JSON), the log, the alerts and (systemd) the journal export.
 
+Compile cache: rasd keeps compiled probes in /var/cache/rasd ([bpf] cache_dir), which
+lives in the guest's tmpfs overlay. ``start()`` seeds it from this run's per-kernel host
+directory (``bpf_cache_dir(abi)``) and copies back what a start wrote, so each kernel
+compiles once per lab run (the first start proves the compile path) and every later
+start, restart-gap's and other sessions' included, loads from the cache, as a host
+restarting rasd on the same kernel does. ``loads`` records which path each start took.
+
 Probe coverage: ``probe_fired()`` is the per-probe event count from the
 ``rasd_events_total{source=<probe>}`` metric, accumulated over restarts of the
 daemon within this object; ``COVERAGE`` collects it per kernel for run.py's
@@ -160,6 +167,25 @@ def lab_config(store_path: str = f"{STATE_DIR}/rasd.db", **overrides: dict) -> s
     return "\n".join(out) + "\n"
 
 
+_BPF_CACHE_ROOT: Path | None = None
+CACHE_GUEST = "/var/cache/rasd"    # rasd's default [bpf] cache_dir (the unit's CacheDirectory)
+CACHE_GLOB = "*.bpfcache.json"
+
+
+def bpf_cache_dir(abi: str) -> Path:
+    """This lab run's host copy of one kernel's compiled-probe cache entries."""
+    global _BPF_CACHE_ROOT
+    if _BPF_CACHE_ROOT is None:
+        import atexit
+        import shutil
+        import tempfile
+        _BPF_CACHE_ROOT = Path(tempfile.mkdtemp(prefix="rasd-lab-bpfcache-"))
+        atexit.register(shutil.rmtree, _BPF_CACHE_ROOT, True)
+    d = _BPF_CACHE_ROOT / abi
+    d.mkdir(exist_ok=True)
+    return d
+
+
 class Rasd:
     """One rasd in one guest (see the module docstring)."""
 
@@ -185,6 +211,7 @@ class Rasd:
         self.loader_retries = 1           # 0: never restart on a loader timeout
         self.retried: list[str] = []
         self.src = Path(guest.rasd) if guest.rasd else REPO   # the tree the guest runs
+        self.loads: list[dict] = []       # per start: compile cache state and seconds
 
 
     # -- helpers ---------------------------------------------------------------------
@@ -222,6 +249,7 @@ class Rasd:
         for p in (deb, placeholder):
             (self.g.share / p.name).write_bytes(p.read_bytes())
         if self.how == "systemd":
+            self.seed_cache()
             (self.host_dir / "rasd.toml").write_text(self.config)
             # the conffile is ours before the package's first start reads it
             self.sh(f"mkdir -p /etc/rasd && cp {GUEST_DIR}/rasd.toml /etc/rasd/rasd.toml")
@@ -238,6 +266,8 @@ class Rasd:
         If its probe loader timed out (a busy TCG host), stop and start once more."""
         t0 = time.monotonic()
         self.started += 1
+        if self.how != "systemd" or self.installed:
+            self.seed_cache()            # (install() seeds before the postinst starts rasd)
         if self.how == "systemd":
             if not self.installed:
                 self.install(timeout)          # postinst starts the unit
@@ -258,6 +288,7 @@ class Rasd:
             self._wait_pid_file(t0)
         doc = self.wait_ready(timeout - (time.monotonic() - t0))
         self.ready_s.append(round(time.monotonic() - t0, 1))
+        self.note_load(doc)
         if retry and self.loader_retries > 0 and self.loader_timed_out(doc):
             # rasd gives its bcc compile 120 s; a TCG guest on a loaded 2-core host can
             # need more. That is the host's slowness, not rasd's: start it once more.
@@ -276,6 +307,32 @@ class Rasd:
                 raise RasdError(f"rasd's launcher wrote no pid file in {timeout:.0f}s:\n"
                                 f"{self.log()[-3000:]}")
             time.sleep(0.2)
+
+    def seed_cache(self) -> None:
+        """Put this run's entries for the guest's kernel where rasd looks for them."""
+        entries = list(bpf_cache_dir(self.g.kernel.abi).glob(CACHE_GLOB))
+        if not entries:
+            return
+        seed = self.host_dir / "bpf-cache-seed"
+        seed.mkdir(exist_ok=True)
+        for e in entries:
+            (seed / e.name).write_bytes(e.read_bytes())
+        self.sh(f"mkdir -p {CACHE_GUEST} && chmod 700 {CACHE_GUEST} && "
+                f"cp {GUEST_DIR}/bpf-cache-seed/{CACHE_GLOB} {CACHE_GUEST}/ && "
+                f"chmod 600 {CACHE_GUEST}/{CACHE_GLOB}")
+
+    def note_load(self, doc: dict) -> None:
+        """Which path loaded the probes; keep what a compile wrote for later starts."""
+        loader = doc.get("loader") or {}
+        self.loads.append({"cache": loader.get("cache"),
+                           "compile_s": round(loader.get("compile_s", 0), 1),
+                           "cache_load_s": round(loader.get("cache_load_s", 0), 1)})
+        if "written" not in (loader.get("cache") or ""):
+            return
+        out = f"{GUEST_DIR}/bpf-cache-out"
+        self.sh(f"mkdir -p {out} && cp {CACHE_GUEST}/{CACHE_GLOB} {out}/", check=False)
+        for e in (self.host_dir / "bpf-cache-out").glob(CACHE_GLOB):
+            (bpf_cache_dir(self.g.kernel.abi) / e.name).write_bytes(e.read_bytes())
 
     @staticmethod
     def loader_timed_out(doc: dict) -> bool:

@@ -707,7 +707,7 @@ def rasd_session(ctx: Ctx):
                                     journal={"rate_limit_per_key": RasdSession.rate_limit})
         rasd = Rasd(g, evidence=ctx.out / "rasd", config=cfg)
         doc = rasd.start()
-        ctx.note(rasd_ready_s=rasd.ready_s, rasd_retried=rasd.retried,
+        ctx.note(rasd_ready_s=rasd.ready_s, rasd_loads=rasd.loads, rasd_retried=rasd.retried,
                  probes={p["probe"]: p["status"] for p in doc["probes"]})
         s = RasdSession(ctx, g, rasd, layout, sea["id"])
         try:
@@ -1215,11 +1215,12 @@ def systemd_session(ctx: Ctx):
         t0 = time.monotonic()
         rasd.install(timeout=1000)            # postinst: enable + start, waits for READY
         st = rasd.wait_ready(timeout=120)
+        rasd.note_load(st)
         if Rasd.loader_timed_out(st):         # bcc compile > rasd's 120 s: host too busy
             rasd.stop()
             rasd.retried.append("install: probe loader timed out; restarted")
             st = rasd.start(timeout=900, retry=False)
-        ctx.note(rasd_retried=rasd.retried)
+        ctx.note(rasd_retried=rasd.retried, rasd_loads=rasd.loads)
         ctx.note(install_and_start_s=round(time.monotonic() - t0, 1))
         s = SystemdSession(ctx, g, rasd, "integrity", port)
         s.stock_finding = stock_unit_check(ctx, g, rasd, st)
