@@ -401,30 +401,33 @@ def _ghes_keys(event: Event) -> list[str]:
     or location key comes from the record alone, made once per record; only the
     faulting thread's key is the event's own."""
     found = event.cper.derived.get("correlate_keys")
-    record_keys, page, location = found if found is not None else _record_keys(event.cper)
+    record_keys, page, location, cpu = found if found is not None else _record_keys(event.cper)
     if not _in_faulting_task(event):
         if record_keys:
             return record_keys  # shared by the record's events (see event_keys)
         return [f"event:{event.kind}:{event.wall_ns}"]  # stands alone
     keys = [page] if page is not None else []
     keys.append(f"tid:{event.task.tid}")
-    if location is not None:
-        keys.append(location)
+    keys += [k for k in (location, cpu) if k is not None]
     return keys
 
 
-def _record_keys(record: Any) -> tuple[list[str], str | None, str | None]:
+def _record_keys(record: Any) -> tuple[list[str], str | None, str | None, str | None]:
     """The page key (or, with no address, the location key) event_keys() gives an event
-    whose place is its CPER record's: as the list of an event not in the faulting task,
-    and on its own. Kept in the record (_ghes_keys reads it there)."""
-    pa, location = cper_where(record)[:2]
-    page = loc = None
+    whose place is its CPER record's, and the MPIDR key of an ARM processor section (the
+    kernel emits ras:arm_event for that section, which has no other key in common with
+    the record): as the list of an event not in the faulting task, and one by one. Kept
+    in the record (_ghes_keys reads it there)."""
+    pa, location, mpidr = cper_where(record)[:3]
+    page = loc = cpu = None
     if pa is not None:
         page = f"page:{pa >> PAGE_SHIFT:#x}"
     elif location:
         loc = "loc:" + ",".join(f"{k}={v}" for k, v in location.items())
-    found = record.derived["correlate_keys"] = ([k for k in (page, loc) if k is not None],
-                                                page, loc)
+    if mpidr is not None:
+        cpu = f"mpidr:{mpidr:#x}"
+    found = record.derived["correlate_keys"] = (
+        [k for k in (page, loc, cpu) if k is not None], page, loc, cpu)
     return found
 
 

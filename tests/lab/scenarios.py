@@ -854,6 +854,11 @@ def rasd_arm_processor(ctx: Ctx, s: RasdSession) -> None:
     ctx.note(arm_event=arm["fields"])
     ctx.expect(int(str(arm["fields"].get("mpidr", 0)), 0) == mpidr,
                f"arm_event MPIDR {mpidr:#x}: {arm['fields']}")
+    # one fault, one incident: the record and its tracepoint share the section's MPIDR
+    incs = {e.get("incident_id") for e in (ghes, arm)}
+    ctx.note(incidents=sorted(incs, key=str))
+    ctx.expect(len(incs) == 1 and None not in incs,
+               f"the GHES record and its arm_event are one incident: {incs}")
 
 
 @scenario("rasd-vendor-pcie", session="rasd")

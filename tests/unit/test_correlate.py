@@ -23,6 +23,7 @@ from rasd.sources.tracefs import parse_format
 
 FORMATS = Path(__file__).resolve().parents[1] / "fixtures" / "formats" / "6.12"
 MFE = parse_format((FORMATS / "memory_failure_event").read_text(), "ras", "memory_failure_event")
+ARM = parse_format((FORMATS / "arm_event").read_text(), "ras", "arm_event")
 
 
 
@@ -43,7 +44,35 @@ def mfe(t, pfn, result=3, page_type=13):
 
 
 def run(records, vm_of=None, blast=None):
-    return chains.run(records, EventDecoder({"ras:memory_failure_event": MFE}), vm_of, blast)
+    return chains.run(records, EventDecoder({"ras:memory_failure_event": MFE,
+                                             "ras:arm_event": ARM}), vm_of, blast)
+
+
+def arm_block(mpidr, severity=enc.CORRECTED):
+    arm = enc.arm_processor([enc.arm_error_info(0x02, error_info=0x4D0007, flags=1)], [],
+                            mpidr=mpidr, midr=0x410FD0C0)
+    return enc.encode_status_block([enc.section(arm, severity)])
+
+
+def arm_event(t, mpidr, sev=0):
+    return make("arm_event", "tp", t, tid=0, comm="swapper/1",
+                blob=encode_trace_entry(ARM, {"mpidr": mpidr, "midr": 0x410FD0C0,
+                                              "running_state": 1, "psci_state": 0,
+                                              "affinity": 0, "sev": sev, "cpu": 1}))
+
+
+def test_arm_processor_record_and_its_arm_event_are_one_incident():
+    """ghes_do_proc -> log_arm_hw_error -> ras:arm_event: the tracepoint carries the
+    section's MPIDR and nothing else the record has; another CPU's error stays apart."""
+    clk = Clock()
+    seq = [ghes(clk(), arm_block(0x80000101), tid=90, comm="kworker/0:1", notify_type=0),
+           arm_event(clk(), 0x80000101),
+           arm_event(clk(), 0x80000202)]
+    events, incidents = run(seq)
+    assert events[0].incident_id == events[1].incident_id is not None
+    assert events[2].incident_id not in (None, events[0].incident_id)
+    inc = incidents[events[0].incident_id]
+    assert inc.mpidr == 0x80000101 and sorted(inc.event_ids) == [1, 2]
 
 
 def test_host_sea_on_a_user_page_is_one_incident():
