@@ -133,16 +133,20 @@ class KernelView:
         return None
 
 
-def read_kernel_config(release: str) -> str | None:
+def read_kernel_config(release: str, root: Path = Path("/")) -> str | None:
     """The running kernel's build config: Debian's /boot/config-<release>, else
-    /proc/config.gz (CONFIG_IKCONFIG_PROC); None when neither is readable."""
-    text = _read_text(Path("/boot") / f"config-{release}")
+    /proc/config.gz (CONFIG_IKCONFIG_PROC), else the .config of the headers bcc compiles
+    against (/lib/modules/<release>/build: the kernel's own build, or bcc could not
+    work at all; it is there where /boot is not, e.g. a kernel booted by a hypervisor or
+    network loader); None when none is readable."""
+    text = _read_text(root / "boot" / f"config-{release}")
     if text is not None:
         return text
     try:
-        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
+        return gzip.decompress((root / "proc/config.gz").read_bytes()).decode(errors="replace")
     except (OSError, EOFError, gzip.BadGzipFile):
-        return None
+        pass
+    return _read_text(root / "lib/modules" / release / "build/.config")
 
 
 def direct_calls(config: str | None) -> bool | None:

@@ -303,3 +303,23 @@ def test_kernel_config_read_from_the_host():
     assert "CONFIG_BPF=y" in config  # bcc works here, so the config must say so
     assert KernelView.from_host().direct_calls is direct_calls(config)
     assert direct_calls("# CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is not set\n") is False
+
+
+def test_kernel_config_sources_in_order(tmp_path):
+    """/boot first, then /proc/config.gz, then the build headers' .config (a kernel
+    booted without /boot, as in the arm64 lab: Debian's headers carry the build's
+    .config); None when none exists."""
+    import gzip
+    from rasd.sources.resolve import read_kernel_config
+    rel = "6.1.0-57-arm64"
+    assert read_kernel_config(rel, tmp_path) is None
+    build = tmp_path / "lib/modules" / rel / "build"
+    build.mkdir(parents=True)
+    (build / ".config").write_text("CONFIG_FROM_HEADERS=y\n")
+    assert read_kernel_config(rel, tmp_path) == "CONFIG_FROM_HEADERS=y\n"
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/config.gz").write_bytes(gzip.compress(b"CONFIG_IKCONFIG_PROC=y\n"))
+    assert read_kernel_config(rel, tmp_path) == "CONFIG_IKCONFIG_PROC=y\n"
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / f"config-{rel}").write_text("CONFIG_FROM_BOOT=y\n")
+    assert read_kernel_config(rel, tmp_path) == "CONFIG_FROM_BOOT=y\n"

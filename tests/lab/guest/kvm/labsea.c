@@ -39,6 +39,13 @@ static void *saved_vcpu;
 static atomic_t redirects = ATOMIC_INIT(0), restores = ATOMIC_INIT(0);
 module_param_named(redirect_count, redirects.counter, int, 0444);
 module_param_named(restore_count, restores.counter, int, 0444);
+/* every kvm_handle_guest_abort this kprobe saw, and the thread of the last one: the
+ * lab's proof that MMIO exits go through it on the vCPU thread (a tracefs kprobe
+ * registered at run time took minutes on a loaded TCG host) */
+static atomic_t aborts = ATOMIC_INIT(0);
+static int last_abort_tid;
+module_param_named(abort_count, aborts.counter, int, 0444);
+module_param_named(abort_tid, last_abort_tid, int, 0444);
 
 static u64 pte_pa(kvm_pte_t pte)
 {
@@ -114,6 +121,8 @@ static int on_guest_abort(struct kprobe *p, struct pt_regs *regs)
 	kvm_pte_t *ptep, old, new;
 	unsigned long flags;
 
+	atomic_inc(&aborts);
+	WRITE_ONCE(last_abort_tid, current->pid);
 	if (vcpu == saved_vcpu && ((esr & 0x3f) == 0x10 || ((esr & 0x3f) >= 0x13 &&
 							       (esr & 0x3f) <= 0x17)))
 		pr_info("labsea: SEA exit esr_el2=%llx far_el2=%llx tgid=%d comm=%s\n",
