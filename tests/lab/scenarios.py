@@ -50,7 +50,17 @@ def rasd_tree() -> Path:
         shutil.copytree(REPO, tmp / "rasd-src", symlinks=True, ignore=shutil.ignore_patterns(
             ".git", "build", "dist", "__pycache__", "*.pyc", ".pytest_cache"))
         _RASD_TREE = tmp / "rasd-src"
+        _precompile(_RASD_TREE / "rasd")
     return _RASD_TREE
+
+
+def _precompile(package: Path) -> None:
+    """Byte-compile the copy on the host: guests mount it read-only, so their python3
+    would compile every rasd module again at every start (seconds each time under TCG).
+    Bytecode is the same on both architectures; the rootfs's python3 is 3.11 too (with
+    another minor version the guest just ignores these files)."""
+    import compileall
+    compileall.compile_dir(str(package), quiet=1, workers=1)
 
 
 _RASD_TREE: Path | None = None

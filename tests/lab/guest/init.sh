@@ -44,7 +44,7 @@ mount9p() {  # tag dir extra-options
 for tag in $tags; do
     case $tag in
     kmods) mount9p kmods /lib/modules ro,cache=loose ;;
-    rasd) mount9p rasd /rasd ro ;;
+    rasd) mount9p rasd /rasd ro,cache=loose ;;   # a private copy: never changes
     lab) mount9p lab /lab cache=none ;;
     rootfs)
         # The cached tree must never change: the guest writes to tmpfs.
