@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..decode import cper
 from ..decode.cper.sections.memory import MemorySection
-from ..events import GHES, MC_EVENT, SEVERITY_RANK, Event, Incident
+from ..events import GHES, KMSG, MC_EVENT, SEVERITY_RANK, Event, Incident
 from .store_writer import (MAX_IN_FLIGHT, WriterProcess, failure_reason, is_corruption,
                            rollback, set_writer_pragmas, write_batch)
 
@@ -244,6 +244,8 @@ def where_in_memory(event: Event) -> tuple[int | None, int | None, str | None]:
     if event.kind == MC_EVENT:  # ras:mc_event: EDAC's physical address and DIMM label
         phys = phys or _int64(f.get("address"))
         location = f.get("label") or None
+    elif event.kind == KMSG:    # [Hardware Error] lines: what each section printed
+        phys, location = _kmsg_memory(f)
     if event.cper is not None:
         cper_phys, cper_location = _cper_memory(event.cper)
         phys = cper_phys if phys is None else phys
@@ -280,6 +282,19 @@ def _cper_memory(record: Any) -> tuple[int | None, str | None]:
 
 
 _LOCATION_KEYS = ("node", "card", "module", "rank")
+
+
+def _kmsg_memory(fields: dict) -> tuple[int | None, str | None]:
+    """(physical address, location text) of a kernel-log event's memory sections (the
+    kernel prints "physical_address: 0x..." and "node:0 card:0 module:1 ...")."""
+    phys = location = None
+    for sec in fields.get("sections", ()):
+        if phys is None:
+            phys = _int64(sec.get("physical_address"))
+        loc = sec.get("location") or {}
+        if location is None and any(k in loc for k in _LOCATION_KEYS):
+            location = " ".join(f"{k} {loc[k]}" for k in _LOCATION_KEYS if k in loc)
+    return phys, location
 
 
 def _location_text(body: Any) -> str | None:

@@ -315,6 +315,23 @@ def test_fields_give_pfn_address_and_dimm_label_and_huge_values_do_not_break(db:
     assert json.loads(rows[3]["decoded"])["fields"] == {"pfn": 1 << 64, "blob": "0102"}
 
 
+def test_kernel_log_events_give_their_address_and_location(db: Path) -> None:
+    """Under lockdown=confidentiality the [Hardware Error] lines are the record: the
+    address and DIMM place they print reach the columns queries and summaries use."""
+    s = Store(db)
+    s.handle(plain_event("kmsg", kmsg_kind="hw_error", severity="corrected", sections=[
+        {"section_type": "memory error", "physical_address": 0x6000_1000,
+         "location": {"node": 0, "card": 0, "module": 1, "bank": 2, "row": 7}}]))
+    s.handle(plain_event("kmsg", kmsg_kind="hw_error", severity="recoverable",
+                         sections=[{"section_type": "memory error", "location": {"node": 1}}]))
+    s.close()
+    rows = {row["id"]: row for row in StoreReader(db).events(EventQuery())}
+    assert rows[1]["phys_addr"] == 0x6000_1000 and rows[1]["pfn"] == 0x6000_1000 >> PAGE_SHIFT
+    assert rows[1]["location"] == "node 0 card 0 module 1"
+    assert rows[2]["phys_addr"] is None and rows[2]["pfn"] is None
+    assert rows[2]["location"] == "node 1"
+
+
 def test_incidents_are_upserted_with_members_and_the_vm_reaches_their_events(db: Path, writer: str) -> None:
     s = Store(db, writer=writer, batch_events=1000)
     inc = Incident("guest_sea", "tid:4242", T0, T0, severity="uncorrected")
