@@ -356,7 +356,10 @@ class Guest:
         t0 = time.monotonic()
         start = len(self.console.lines)
         self.console.send(f"@@RUN {cid} {encoded}")
-        begin, _ = self.console.wait(lambda l: l.text == f"@@LAB-BEGIN {cid}", start, timeout)
+        # a kernel message printed at the same moment can run on in the marker's serial
+        # line ("@@LAB-BEGIN 27[  202.89] {3}[Hardware Error]: ..."): match its start
+        begin_rx = re.compile(rf"@@LAB-BEGIN {cid}(?!\d)")
+        begin, _ = self.console.wait(lambda l: bool(begin_rx.match(l.text)), start, timeout)
         end, last = self.console.wait(lambda l: l.text.startswith(f"@@LAB-END {cid} "),
                                       begin, timeout - (time.monotonic() - t0))
         body = self.console.lines[begin + 1:end]
