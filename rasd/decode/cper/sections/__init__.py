@@ -56,6 +56,10 @@ class RawSection:
     def to_dict(self) -> dict:
         return {"length": len(self.payload), "payload": self.payload.hex()}
 
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        return f'{{"length":{len(self.payload)},"payload":"{self.payload.hex()}"}}'
+
     def describe(self) -> list[str]:
         head = self.payload[:32].hex()
         return [f"{len(self.payload)} payload bytes: {head}{'...' if len(self.payload) > 32 else ''}"]

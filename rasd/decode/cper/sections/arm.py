@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import cache
 
-from ...common import enum, flag_names, hex64
+from ...common import JsonMemo, enum, enum_json, flag_names, flags_json, hex64, json_str, json_text
 from ...errors import DecodeError
 
 HEADER = struct.Struct("<IHHIB3sQQII")  # 40 bytes
@@ -146,6 +147,36 @@ def _error_info_fields(error_info: int, kind: str) -> dict:
     return out
 
 
+def type_form(raw: int, reading: str) -> dict:
+    """The JSON form of an error-info type byte: both readings, and the one used."""
+    names, used, ambiguous = read_type(raw, reading)
+    return {"value": raw, "names": names, "reading": used, "ambiguous": ambiguous,
+            "enum_reading": TYPE_ENUM.get(raw, f"reserved_{raw}"),
+            "bitmask_reading": read_type(raw, "bitmask")[0]}
+
+
+def error_info_form(error_info: int, kind: str) -> dict:
+    return {"value": hex64(error_info), **_error_info_fields(error_info, kind)}
+
+
+# JSON text of the constant sub-objects, made once per value (see rasd.decode.common)
+TYPE_JSON = JsonMemo(lambda key: type_form(*key))  # key (type byte, reading)
+ERR_INFO_FLAGS_JSON = flags_json(ERR_INFO_FLAGS)
+ERROR_INFO_JSON = JsonMemo(lambda key: error_info_form(*key), limit=4096)  # (value, kind)
+CONTEXT_TYPE_JSON = enum_json(CONTEXT_TYPES)
+
+
+@cache
+def registers_json_layout(ctype: int, count: int) -> tuple[struct.Struct, str]:
+    """How ArmContext.to_json writes the first ``count`` registers of a known context type:
+    the struct that reads them and a %-template of the JSON object, so that one C call
+    formats the whole register map (hex() of an unsigned value is "0x%x")."""
+    width, names = CONTEXT_REGISTERS[ctype]
+    layout = struct.Struct("<%d%s" % (count, "I" if width == 4 else "Q"))
+    template = "{" + ",".join('"%s":"0x%%x"' % name for name in names[:count]) + "}"
+    return layout, template
+
+
 @dataclass(slots=True)
 class ArmErrorInfo:
     version: int = 0
@@ -178,13 +209,10 @@ class ArmErrorInfo:
         return hit
 
     def to_dict(self, reading: str = "auto") -> dict:
-        names, used, ambiguous = read_type(self.type, reading)
+        names = read_type(self.type, reading)[0]
         d: dict = {"version": self.version, "length": self.length,
                    "validation_bits": self.validation_bits,
-                   "type": {"value": self.type, "names": names, "reading": used,
-                            "ambiguous": ambiguous,
-                            "enum_reading": TYPE_ENUM.get(self.type, f"reserved_{self.type}"),
-                            "bitmask_reading": read_type(self.type, "bitmask")[0]}}
+                   "type": type_form(self.type, reading)}
         v = self.validation_bits
         if v & 1:
             d["multiple_error"] = self.multiple_error
@@ -198,6 +226,26 @@ class ArmErrorInfo:
         if v & 16:
             d["physical_fault_addr"] = hex64(self.physical_fault_addr)
         return d
+
+    def to_json(self, reading: str = "auto") -> str:
+        """json_text(self.to_dict(reading)), written directly (see rasd.decode.common)."""
+        v = self.validation_bits
+        parts = [f'{{"version":{self.version},"length":{self.length},"validation_bits":{v},'
+                 f'"type":{TYPE_JSON[(self.type, reading)]}']
+        if v & 1:
+            parts.append(f',"multiple_error":{self.multiple_error}')
+        if v & 2:
+            parts.append(f',"flags":{ERR_INFO_FLAGS_JSON[self.flags]}')
+        if v & 4:
+            names = read_type(self.type, reading)[0]
+            kind = names[0] if len(names) == 1 else ""
+            parts.append(f',"error_info":{ERROR_INFO_JSON[(self.error_info, kind)]}')
+        if v & 8:
+            parts.append(f',"virt_fault_addr":"{hex64(self.virt_fault_addr)}"')
+        if v & 16:
+            parts.append(f',"physical_fault_addr":"{hex64(self.physical_fault_addr)}"')
+        parts.append("}")
+        return "".join(parts)
 
 
 @dataclass(slots=True)
@@ -229,6 +277,20 @@ class ArmContext:
         if rest:
             d["unnamed_bytes"] = rest.hex()
         return d
+
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        if self.type not in CONTEXT_REGISTERS:  # misc (names from each entry) or unknown: rare
+            return json_text(self.to_dict())
+        regs = self.registers
+        width, names = CONTEXT_REGISTERS[self.type]
+        count = min(len(names), len(regs) // width)
+        layout, template = registers_json_layout(self.type, count)
+        text = (f'{{"version":{self.version},"type":{CONTEXT_TYPE_JSON[self.type]},'
+                f'"size":{len(regs)},"registers":{template % layout.unpack_from(regs)}')
+        if len(regs) > count * width:
+            text += f',"unnamed_bytes":"{regs[count * width:].hex()}"'
+        return text + "}"
 
 
 def _mrs_name(enc: int) -> str:
@@ -280,6 +342,30 @@ class ArmProcessorSection:
             d["section_length_mismatch"] = {"declared": self.section_length,
                                             "available": self.available}
         return d
+
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        v = self.validation_bits
+        parts = [f'{{"validation_bits":{v},"err_info_num":{self.err_info_num},'
+                 f'"context_info_num":{self.context_info_num},'
+                 f'"section_length":{self.section_length}']
+        if v & 1:
+            parts.append(f',"mpidr":"{hex64(self.mpidr)}"')
+        if v & 2:
+            parts.append(f',"affinity_level":{self.affinity_level}')
+        parts.append(f',"midr":"{hex64(self.midr)}"')
+        if v & 4:
+            parts.append(f',"running_state":{self.running_state},"psci_state":{self.psci_state}')
+        reading = self.type_reading
+        parts.append(f',"error_info":[{",".join([e.to_json(reading) for e in self.error_info])}]')
+        parts.append(f',"contexts":[{",".join([c.to_json() for c in self.contexts])}]')
+        parts.append(f',"context_stride":{json_str(self.context_stride)},'
+                     f'"vendor":"{self.vendor.hex()}"')
+        if self.length_mismatch:
+            parts.append(f',"section_length_mismatch":{{"declared":{self.section_length},'
+                         f'"available":{self.available}}}')
+        parts.append("}")
+        return "".join(parts)
 
     @property
     def length_mismatch(self) -> bool:

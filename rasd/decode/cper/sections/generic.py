@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ...common import enum, fixed_text, flag_names, hex64
+from ...common import enum, fixed_text, flag_names, hex64, json_text
 from ...errors import DecodeError
 
 LAYOUT = struct.Struct("<QBBBBBB2sQ128sQQQQQ")  # 192 bytes
@@ -71,6 +71,10 @@ class GenericProcessorSection:
             if self.valid(name):
                 d[name] = hex64(getattr(self, name))
         return d
+
+    def to_json(self) -> str:
+        # rare in the field: the dict form is fast enough, and identical by construction
+        return json_text(self.to_dict())
 
     def describe(self) -> list[str]:
         d = self.to_dict()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field, fields
 
-from ...common import enum, hex64
+from ...common import enum, enum_json, hex64, json_str
 from ...errors import DecodeError
 
 # Table N-32 (Memory Error Record, UEFI 2.3+): 80 bytes; the 2.1 layout stops after error_type.
@@ -65,11 +65,15 @@ ERROR_STATUS_CODES = {
     23: "protocol_error", 24: "path_error", 25: "bus_timeout", 26: "read_of_poisoned_data",
 }
 
+ERROR_STATUS_CODE_JSON = enum_json(ERROR_STATUS_CODES)
+MEMORY_ERROR_TYPE_JSON = enum_json(MEMORY_ERROR_TYPES)
+
 # Location fields in the order the kernel prints them (cper_mem_err_location).
 _LOCATION = ("node", "card", "module", "rank", "bank", "bank_group", "bank_address",
              "device", "row", "column", "bit_pos", "chip_id")
 _LOCATION1_BITS = tuple((n, MEM1_VALID[n]) for n in _LOCATION)
 _LOCATION2_BITS = tuple((n, MEM2_VALID[n]) for n in _LOCATION)
+_ROW_EXT = MEM1_VALID["row_ext"]
 
 
 @dataclass(slots=True)
@@ -116,25 +120,19 @@ class MemorySection:
 
     def location(self) -> dict[str, int]:
         """The valid location fields (node/card/module/rank/bank/device/row/column/bit)."""
-        valid = self.validation_bits
-        out = {}
-        for name, bit in (_LOCATION2_BITS if self.variant == "mem2" else _LOCATION1_BITS):
-            if valid & bit:
-                out[name] = self._location_value(name)
+        v = self.validation_bits
+        if self.variant == "mem2":
+            names_bits, row, chip_id = _LOCATION2_BITS, self.row, self.chip_id
+        else:  # mem1 keeps row bits 17:16 and the chip id in ``extended``
+            names_bits, chip_id = _LOCATION1_BITS, self.extended >> 5
+            row = self.row | (self.extended & 0x3) << 16 if v & _ROW_EXT else self.row
+        bank = self.bank
+        values = (self.node, self.card, self.module, self.rank, bank, bank >> 8, bank & 0xFF,
+                  self.device, row, self.column, self.bit_pos, chip_id)  # in _LOCATION order
+        out = {name: value for (name, bit), value in zip(names_bits, values) if v & bit}
         if "bank" in out and ("bank_group" in out or "bank_address" in out):
             del out["bank"]  # the bank field then carries group and address, listed apart
         return out
-
-    def _location_value(self, name: str) -> int:
-        if name == "bank_group":
-            return self.bank >> 8
-        if name == "bank_address":
-            return self.bank & 0xFF
-        if name == "row" and self.variant != "mem2" and self.is_valid("row_ext"):
-            return self.row | (self.extended & 0x3) << 16
-        if name == "chip_id" and self.variant != "mem2":
-            return self.extended >> 5
-        return getattr(self, name)
 
     def location_text(self) -> str:
         return " ".join(f"{k} {v}" for k, v in self.location().items())
@@ -167,6 +165,39 @@ class MemorySection:
         if self.extra:
             d["extra_bytes"] = len(self.extra)
         return d
+
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        bits = self.valid_map
+        v = self.validation_bits
+        pa_valid = "true" if v & bits["physical_addr"] else "false"
+        parts = [f'{{"variant":{json_str(self.variant)},"validation_bits":"{hex64(v)}",'
+                 f'"physical_addr_valid":{pa_valid}']
+        if v & bits["error_status"]:
+            code = ERROR_STATUS_CODE_JSON[self.error_status >> 8 & 0xFF]
+            parts.append(f',"error_status":{{"value":"{hex64(self.error_status)}","code":{code}}}')
+        if v & bits["physical_addr"]:
+            parts.append(f',"physical_addr":"{hex64(self.physical_addr)}"')
+        if v & bits["physical_addr_mask"]:
+            parts.append(f',"physical_addr_mask":"{hex64(self.physical_addr_mask)}"')
+        location = ",".join([f'"{name}":{value}' for name, value in self.location().items()])
+        parts.append(f',"location":{{{location}}}')
+        if v & (bits["requestor_id"] | bits["responder_id"] | bits["target_id"]):
+            for name in ("requestor_id", "responder_id", "target_id"):
+                if v & bits[name]:
+                    parts.append(f',"{name}":"{hex64(getattr(self, name))}"')
+        if v & bits["error_type"]:
+            parts.append(f',"error_type":{MEMORY_ERROR_TYPE_JSON[self.error_type]}')
+        if self.variant == "mem2" and v & bits["status"]:
+            parts.append(f',"status":{self.status}')
+        if v & bits["mem_array_handle"]:
+            parts.append(f',"mem_array_handle":{self.mem_array_handle}')
+        if v & bits["mem_dev_handle"]:
+            parts.append(f',"mem_dev_handle":{self.mem_dev_handle}')
+        if self.extra:
+            parts.append(f',"extra_bytes":{len(self.extra)}')
+        parts.append("}")
+        return "".join(parts)
 
     def describe(self) -> list[str]:
         out = []

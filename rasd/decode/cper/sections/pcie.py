@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ...common import enum, flag_names, hex64
+from ...common import JsonMemo, enum, enum_json, flag_names, hex64
 from ...errors import DecodeError
 
 # validation_bits u64, port_type u32, version minor u8, major u8, reserved 2, command u16,
@@ -44,6 +44,12 @@ CORRECTABLE_BITS = {
     1 << 13: "advisory_non_fatal", 1 << 14: "corrected_internal", 1 << 15: "header_log_overflow",
 }
 
+HEADER_LOG = struct.Struct("<4I")
+
+PORT_TYPE_JSON = enum_json(PORT_TYPES)
+UNCORRECTABLE_JSON = JsonMemo(lambda status: flag_names(status, UNCORRECTABLE_BITS))
+CORRECTABLE_JSON = JsonMemo(lambda status: flag_names(status, CORRECTABLE_BITS))
+
 
 @dataclass(slots=True)
 class PcieSection:
@@ -77,7 +83,7 @@ class PcieSection:
     def aer(self) -> dict:
         regs = dict(zip(AER_FIELDS, AER.unpack_from(self.aer_info)))
         log = regs.pop("header_log")
-        regs["header_log"] = [f"0x{w:08x}" for w in struct.unpack("<4I", log)]
+        regs["header_log"] = [f"0x{w:08x}" for w in HEADER_LOG.unpack(log)]
         regs["uncorrectable"] = flag_names(regs["uncor_status"], UNCORRECTABLE_BITS)
         regs["correctable"] = flag_names(regs["cor_status"], CORRECTABLE_BITS)
         return regs
@@ -104,6 +110,54 @@ class PcieSection:
         if v & 0x80:
             d["aer"] = self.aer()
         return d
+
+    def to_json(self) -> str:
+        """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
+        v = self.validation_bits
+        parts = [f'{{"validation_bits":{v}']
+        if v & 0x1:
+            parts.append(f',"port_type":{PORT_TYPE_JSON[self.port_type]}')
+        if v & 0x2:
+            parts.append(f',"version":"{self.version_major}.{self.version_minor}"')
+        if v & 0x4:
+            parts.append(f',"command":{self.command},"status":{self.status}')
+        if v & 0x8:
+            parts.append(f',"device":{self._device_json()}')
+        if v & 0x10:
+            parts.append(f',"serial_number":"{hex64(self.serial_upper << 32 | self.serial_lower)}"')
+        if v & 0x20:
+            parts.append(f',"bridge":{{"secondary_status":{self.bridge_secondary_status},'
+                         f'"control":{self.bridge_control}}}')
+        if v & 0x40:
+            parts.append(f',"capability":"{self.capability.hex()}"')
+        if v & 0x80:
+            parts.append(f',"aer":{self._aer_json()}')
+        parts.append("}")
+        return "".join(parts)
+
+    def _device_json(self) -> str:
+        """json_text(self.device_id())."""
+        vendor, device, class_code, function, dev, segment, bus, sec_bus, slot, _ = \
+            DEVICE_ID.unpack(self.device_id_raw)
+        return (f'{{"vendor_id":{vendor},"device_id":{device},'
+                f'"class_code":{int.from_bytes(class_code, "little")},"segment":{segment},'
+                f'"bus":{bus},"device":{dev},"function":{function},"secondary_bus":{sec_bus},'
+                f'"slot":{slot >> 3},"bdf":"{segment:04x}:{bus:02x}:{dev:02x}.{function:x}"}}')
+
+    def _aer_json(self) -> str:
+        """json_text(self.aer()): header_log moves behind the registers, as aer() has it."""
+        (header, uncor_status, uncor_mask, uncor_severity, cor_status, cor_mask, cap_control,
+         log, root_command, root_status, cor_source_id, uncor_source_id) = \
+            AER.unpack_from(self.aer_info)
+        w0, w1, w2, w3 = HEADER_LOG.unpack(log)
+        return (f'{{"header":{header},"uncor_status":{uncor_status},"uncor_mask":{uncor_mask},'
+                f'"uncor_severity":{uncor_severity},"cor_status":{cor_status},'
+                f'"cor_mask":{cor_mask},"cap_control":{cap_control},'
+                f'"root_command":{root_command},"root_status":{root_status},'
+                f'"cor_source_id":{cor_source_id},"uncor_source_id":{uncor_source_id},'
+                f'"header_log":["0x{w0:08x}","0x{w1:08x}","0x{w2:08x}","0x{w3:08x}"],'
+                f'"uncorrectable":{UNCORRECTABLE_JSON[uncor_status]},'
+                f'"correctable":{CORRECTABLE_JSON[cor_status]}}}')
 
     def describe(self) -> list[str]:
         out = []
