@@ -12,6 +12,7 @@ import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any, Callable, Protocol
 
 from .decode.event import EventDecoder
@@ -50,6 +51,27 @@ class Pipeline:
         self.recorder = recorder
         self.counters = Counters()
 
+    # Stages and sinks are called per event, so what to call is looked up once, when they
+    # are set: a stage object as its bound __call__ (calling the object itself goes through
+    # its type's call slot), each sink as its bound handle.
+    @property
+    def stages(self) -> list[Callable[[Event], None]]:
+        return self._stages
+
+    @stages.setter
+    def stages(self, stages: list[Callable[[Event], None]]) -> None:
+        self._stages = stages
+        self._stage_calls = tuple(map(_direct_call, stages))
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks: list[Sink]) -> None:
+        self._sinks = sinks
+        self._sink_handles = tuple(sink.handle for sink in sinks)
+
     def feed(self, rec: Any) -> Event:
         """A source record from the BPF path (or its replay)."""
         if self.recorder is not None:
@@ -60,7 +82,7 @@ class Pipeline:
         """An event a source built itself (BERT, tracefs instance, kmsg)."""
         if event.id is None:
             event.id = next(self.event_ids)
-        for stage in self.stages:
+        for stage in self._stage_calls:
             stage(event)
         c = self.counters
         c.events[event.kind] += 1
@@ -68,12 +90,13 @@ class Pipeline:
             c.last_event_wall_ns = event.wall_ns
         if event.decode_error:
             c.decode_errors += 1
-        for sink in self.sinks:
+        for handle in self._sink_handles:
             try:
-                sink.handle(event)
+                handle(event)
             except Exception:  # noqa: BLE001 - one failing sink must not stop the others
                 c.sink_errors += 1
-                log.exception("sink %s failed on a %s event", type(sink).__name__, event.kind)
+                log.exception("sink %s failed on a %s event", _sink_name(handle),
+                              event.kind)
         return event
 
     def flush(self) -> None:
@@ -90,6 +113,17 @@ class Pipeline:
             self.recorder.close()
 
 
+def _sink_name(handle: Callable[[Event], None]) -> str:
+    return type(getattr(handle, "__self__", handle)).__name__
+
+
+def _direct_call(stage: Callable[[Event], None]) -> Callable[[Event], None]:
+    """A function as it is; an object (Correlator, Thresholds) as its bound __call__."""
+    if isinstance(stage, (FunctionType, MethodType, BuiltinFunctionType)):
+        return stage
+    return stage.__call__
+
+
 class LogSink:
     """One debug log line per event (rasd --log-level debug)."""
 
@@ -97,11 +131,12 @@ class LogSink:
         self.log = logger or logging.getLogger("rasd.events")
 
     def handle(self, event: Event) -> None:
+        if not self.log.isEnabledFor(logging.DEBUG):  # per event: storms would flood the log
+            return  # (checked first: formatting the line costs more than the check)
         task = f" {event.task.comm}[{event.task.tgid}/{event.task.tid}]" if event.task else ""
         extra = f" decode error: {event.decode_error}" if event.decode_error else ""
-        if self.log.isEnabledFor(logging.DEBUG):  # per event: storms would flood the log
-            self.log.debug("%s from %s cpu %s%s %s%s", event.kind, event.source, event.cpu, task,
-                           _summary(event), extra)
+        self.log.debug("%s from %s cpu %s%s %s%s", event.kind, event.source, event.cpu, task,
+                       _summary(event), extra)
 
     def flush(self) -> None:
         pass
