@@ -156,6 +156,7 @@ class Incident:
                 "closed": self.closed, "merged_into": self.merged_into}
 
     def add_member(self, event_id: int | None, kind: str) -> None:
+        # (Correlator._add writes this out for its per-event path: change both)
         if event_id is not None and len(self.event_ids) < MAX_EVENT_IDS:
             self.event_ids.append(event_id)
         self.kind_counts[kind] += 1

@@ -69,7 +69,10 @@ class CperCache:
     def __init__(self, size: int = 2048) -> None:
         self.size = size  # ~1 kB a record: a couple of MB at most
         self._records: dict[bytes, Any] = {}
-        self.hits = self.misses = 0
+        # the record already decoded from these bytes, or None: a C-level dict lookup,
+        # asked per event before calling decode()
+        self.lookup: Callable[[bytes], Any] = self._records.get
+        self.hits = self.misses = 0  # decode()'s answers (lookup() keeps no count)
 
     def decode(self, raw: bytes) -> Any:
         rec = self._records.get(raw)
@@ -82,6 +85,10 @@ class CperCache:
             del self._records[next(iter(self._records))]  # the oldest insertion
         self._records[raw] = rec
         return rec
+
+
+TASK_MEMO_MAX = 4096
+GHES = ev.GHES
 
 
 class EventDecoder:
@@ -98,13 +105,18 @@ class EventDecoder:
         self._symbols: dict[str, dict[str, dict[int, str]]] = {}
         self.errors = 0
         self.cper_cache = CperCache()
-        self.handlers = {**HANDLERS, "ghes_do_proc": ghes_handler(self.cper_cache.decode)}
+        self.handlers = {**HANDLERS, "ghes_do_proc": ghes_handler(self.cper_cache.decode,
+                                                                  self.cper_cache.lookup)}
+        self._tasks: dict[tuple[int, int, str], Task] = {}
 
     def decode(self, rec: Any) -> Event:
-        event = Event(kind=rec.probe, source=rec.probe, wall_ns=rec.ktime_ns + self.wall_offset_ns,
-                      mono_ns=rec.ktime_ns, cpu=rec.cpu, task=Task(rec.tgid, rec.tid, rec.comm),
-                      fields=dict(rec.fields), raw=bytes(rec.blob),
-                      truncated="truncated" in rec.flags)
+        # Event's fields by position: binding its keywords was a fifth of a storm event's
+        # decode. The order is Event's own: kind, source, wall_ns, mono_ns, cpu, task,
+        # fields, raw, cper, esr, decode_error, truncated.
+        event = Event(rec.probe, rec.probe, rec.ktime_ns + self.wall_offset_ns, rec.ktime_ns,
+                      rec.cpu, self._tasks.get((rec.tgid, rec.tid, rec.comm)) or self._task(rec),
+                      dict(rec.fields), bytes(rec.blob), None, None, None,
+                      "truncated" in rec.flags)
         handler = self.handlers.get(rec.probe)
         try:
             if rec.kind == "tp":
@@ -116,6 +128,15 @@ class EventDecoder:
         if event.decode_error:
             self.errors += 1
         return event
+
+    def _task(self, rec: Any) -> Task:
+        """The record's task, one shared Task per (tgid, tid, comm): a storm comes from a few
+        threads, and later stages compare tasks by value (equal ones are then the same
+        object). The memo is dropped when it grows past TASK_MEMO_MAX: threads come and go."""
+        if len(self._tasks) >= TASK_MEMO_MAX:
+            self._tasks.clear()
+        task = self._tasks[rec.tgid, rec.tid, rec.comm] = Task(rec.tgid, rec.tid, rec.comm)
+        return task
 
     def _decode_tracepoint(self, rec: Any, event: Event) -> None:
         fmt = self.format_for(rec.probe)
@@ -164,16 +185,25 @@ def print_symbolic_tables(print_fmt: str) -> dict[str, dict[int, str]]:
 
 # --- one handler per probe -------------------------------------------------------------
 
-def ghes_handler(decode_cper: Callable[[bytes], Any]) -> Callable[[Event, frozenset], None]:
+def _nothing_known(raw: bytes) -> None:
+    return None
+
+
+def ghes_handler(decode_cper: Callable[[bytes], Any],
+                 known: Callable[[bytes], Any] = _nothing_known
+                 ) -> Callable[[Event, frozenset], None]:
     """The ghes_do_proc handler, decoding the status block with ``decode_cper``
-    (``cper.try_decode``, or an EventDecoder's CperCache)."""
+    (``cper.try_decode``, or an EventDecoder's CperCache) unless ``known`` has its
+    record (CperCache.lookup)."""
     def handler(event: Event, flags: frozenset) -> None:
-        event.kind = ev.GHES
+        event.kind = GHES
         f = event.fields
         f["notify"] = NOTIFY_TYPES.get(f.get("notify_type"), "unknown")
-        for ptr in ("ghes", "estatus"):  # kernel pointers: no use downstream, don't leak them
-            f.pop(ptr, None)
-        rec = decode_cper(event.raw) if event.raw else None
+        # kernel pointers: no use downstream, don't leak them
+        f.pop("ghes", None)
+        f.pop("estatus", None)
+        raw = event.raw
+        rec = (known(raw) or decode_cper(raw)) if raw else None
         event.cper = rec
         if rec is None:
             event.decode_error = "no status block bytes captured"
