@@ -89,8 +89,15 @@ class Thresholds:
     def __call__(self, event: Event) -> None:
         if event.severity != "corrected":
             return
+        rec = event.cper
+        if rec is not None and "pfn" not in event.fields and event.kind not in SERROR_KINDS:
+            # the buckets then follow from the record alone: once per record (CperCache
+            # hands a storm's identical blocks one record). An empty memo is recomputed.
+            pairs = rec.derived.get(self._memo) or self._remember_pairs(event)
+        else:
+            pairs = self._pairs(event)
         now, buckets = event.wall_ns, self.buckets
-        for bkey, limit in self._counted_in(event):
+        for bkey, limit in pairs:
             # (inline, not a method per bucket: this runs per corrected event)
             bucket = buckets.get(bkey)
             if bucket is None:
@@ -100,18 +107,12 @@ class Thresholds:
             if bucket.add(now, limit):
                 self._trip(*bkey, event)
 
-    def _counted_in(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
-        """The buckets the event counts in: ((scope, key), the scope's limit) pairs."""
-        rec = event.cper
-        if rec is not None and "pfn" not in event.fields and event.kind not in SERROR_KINDS:
-            # the keys then follow from the record alone: once per record (see CperCache)
-            pairs = rec.derived.get(self._memo)
-            if pairs is None:
-                pairs = rec.derived[self._memo] = self._pairs(event)
-            return pairs
-        return self._pairs(event)
+    def _remember_pairs(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
+        pairs = event.cper.derived[self._memo] = self._pairs(event)
+        return pairs
 
     def _pairs(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
+        """The buckets the event counts in: ((scope, key), the scope's limit) pairs."""
         return [(bkey, self.limits[bkey[0]]) for bkey in self._read_keys(event)]
 
     def _read_keys(self, event: Event) -> list[tuple[str, object]]:

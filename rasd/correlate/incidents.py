@@ -26,7 +26,7 @@ from .. import events as ev
 from ..decode.cper.sections.arm import ArmProcessorSection, read_type
 from ..decode.cper.sections.memory import MemorySection
 from ..decode.cper.sections.pcie import PcieSection
-from ..events import Event, Incident, worse
+from ..events import MAX_EVENT_IDS, Event, Incident, worse
 
 PAGE_SHIFT = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
 DEFAULT_WINDOW_NS = 10 * 10**9  # SEA -> memory_failure_event took ~20 ms in the lab; be generous
@@ -49,6 +49,7 @@ CONTAINMENT_ORDER = ("unknown", "none_needed", "pending", "corrected", "deferred
 CONTAINMENT_RANK = {name: i for i, name in enumerate(CONTAINMENT_ORDER)}
 CPER_KINDS = {ev.GHES, ev.BERT, ev.KMSG}  # KMSG: the kernel's print of the same CPER
 ESR_KINDS = {ev.GUEST_SEA, ev.GUEST_SERROR, ev.HOST_SERROR, ev.SERROR_CHECK, ev.HOST_SEA}
+GHES = ev.GHES
 
 
 class Correlator:
@@ -157,7 +158,11 @@ class Correlator:
 
     def _add(self, incident: Incident, event: Event, keys: list[str]) -> None:
         event.incident_id = incident.id
-        incident.add_member(event.id, event.kind)
+        # Incident.add_member(event.id, event.kind) written out: this runs per event
+        if event.id is not None and len(incident.event_ids) < MAX_EVENT_IDS:
+            incident.event_ids.append(event.id)
+        incident.kind_counts[event.kind] += 1
+        incident.event_count += 1
         wall = event.wall_ns
         if wall < incident.first_wall_ns:  # (no min()/max(): this runs per event)
             incident.first_wall_ns = wall
@@ -226,11 +231,12 @@ class Correlator:
 
 
 def _details(event: Event) -> tuple:
-    """What repeats() compares besides the record; the task as its values (what Task's
-    == compares, without a Python-level __eq__ call per event)."""
-    task = event.task
-    return (event.kind, event.severity, event.containment, event.reason,
-            None if task is None else (task.tgid, task.tid, task.comm), event.fields)
+    """What repeats() compares besides the record. The task is compared as itself: the
+    decode stage hands equal tasks out as one object, which == takes without calling
+    Task's __eq__ (which compares the values, as it does for tasks from elsewhere).
+    _Evidence.repeats() builds the same tuple itself."""
+    return (event.kind, event.severity, event.containment, event.reason, event.task,
+            event.fields)
 
 
 class _Evidence:
@@ -259,8 +265,11 @@ class _Evidence:
         record (the decode stage shares one Record among byte-identical blocks), kind,
         classification, task and fields. Absorbing, locating and attributing it again
         would change nothing, and a corrected-error storm is mostly such repeats."""
-        return event.cper is self.last_record and self.last_record is not None and \
-            _details(event) == self.last_details
+        last = self.last_record
+        # (_details(event) written out: this runs per event)
+        return event.cper is last and last is not None and self.last_details == (
+            event.kind, event.severity, event.containment, event.reason, event.task,
+            event.fields)
 
     def merge(self, other: "_Evidence") -> None:
         for name in ("cper", "esr", "other"):
@@ -363,7 +372,12 @@ class _Evidence:
 def event_keys(event: Event) -> list[str]:
     """What can tie this event to others of the same fault, most specific first. (The
     list may be shared between events: never modify it.)"""
-    if event.kind == ev.GHES and event.cper is not None and "pfn" not in event.fields:
+    record = event.cper
+    if event.kind == GHES and record is not None and "pfn" not in event.fields:
+        # a storm's every event: its record's keys, read here rather than in _ghes_keys
+        found = record.derived.get("correlate_keys")
+        if found is not None and not _in_faulting_task(event) and found[0]:
+            return found[0]
         return _ghes_keys(event)
     keys: list[str] = []
     pa, location, mpidr = _where(event)

@@ -116,14 +116,22 @@ class Metrics:
     # --- sink -------------------------------------------------------------------------------
     def handle(self, event: Event) -> None:
         severity = event.severity or "info"
+        source = event.source
+        if source.startswith("replay"):
+            source = _source(event)
+        # rasd_events_total's key built here, not by count(): one call fewer per event
+        key = (self.events, (source, event.kind, severity))
+        more = _EVENT_METRICS.get(event.kind)
         with self._pending_lock:
-            self.count(self.events, _source(event), event.kind, severity)
+            pending = self._pending
+            pending[key] = pending.get(key, 0) + 1
             if event.wall_ns:
                 self._last_event_s = event.wall_ns / 1e9
             if event.decode_error:
-                self.count(self.decode_errors, _source(event))
-            for handler in _EVENT_METRICS.get(event.kind, ()):
-                handler(self, event, severity)
+                self.count(self.decode_errors, source)
+            if more is not None:
+                for handler in more:
+                    handler(self, event, severity)
 
     def count(self, metric: Any, *labels: str) -> None:
         """One more for ``metric{labels}``, applied at the next scrape (apply_pending):
@@ -237,10 +245,18 @@ def memory_location_label(body: MemorySection) -> str:
 
 
 def _memory(m: Metrics, event: Event, severity: str) -> None:
-    if event.cper is None:
+    record = event.cper
+    if record is None:
         return
-    for text in _memory_labels(event.cper):
-        m.count(m.memory, m.location_label(text), severity)
+    labels = record.derived.get("metric_locations")  # a storm's every event: read it here
+    if labels is None:
+        labels = _memory_labels(record)
+    seen, pending = m.location_label.seen, m._pending
+    for text in labels:
+        # a label under the cap once is so for good: the cap is asked only about new ones;
+        # m.count() written out (per event)
+        key = (m.memory, (text if text in seen else m.location_label(text), severity))
+        pending[key] = pending.get(key, 0) + 1
 
 
 def _memory_labels(record: Any) -> tuple[str, ...]:
