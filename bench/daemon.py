@@ -26,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from rasd.decode.event import EventDecoder  # noqa: E402
 from rasd.encode import cper as enc  # noqa: E402
-from rasd.sources.records import Record  # noqa: E402
+from rasd.sources.probes import BY_NAME  # noqa: E402
+from rasd.sources.records import (CALL, F_RETURN, GHES, HDR, KIND_CALL, KIND_GHES,  # noqa: E402
+                                  KIND_TP, TP, WIRE_VERSION, parse_record)
 from rasd.sources.replay import encode_trace_entry  # noqa: E402
 from rasd.sources.tracefs import parse_format  # noqa: E402
 
@@ -82,9 +84,10 @@ def footprint(idle_seconds: float) -> None:
           f"(target <= 0.05; ratio {idle / 0.05:.2f})")
 
 
-def synthetic_records(n: int) -> list[Record]:
-    """A storm as the BPF side emits it: mostly corrected memory errors (GHES blocks)
-    over 1,000 pages, plus SEA claims, memory_failure calls and tracepoint entries."""
+def synthetic_records(n: int) -> tuple[list[bytes], dict]:
+    """A storm as the BPF side emits it, as ring-buffer records (bpf/common.h): mostly
+    corrected memory errors (GHES blocks) over 1,000 pages, plus memory_failure calls
+    and their tracepoint entries."""
     rnd = random.Random(3)
     fmt_text = (ROOT / "tests/fixtures/formats/6.12/memory_failure_event").read_text()
     mfe = parse_format(fmt_text, "ras", "memory_failure_event")
@@ -92,27 +95,44 @@ def synthetic_records(n: int) -> list[Record]:
     blocks = [enc.encode_status_block([enc.section(enc.memory_error(
         physical_addr=pa, node=0, module=pa >> 20 & 15, error_type=2), enc.CORRECTED)])
         for pa in pages]
+    mf, tp = BY_NAME["memory_failure"].id, BY_NAME["memory_failure_event"].id
+
+    def wire(kind: int, probe: int, flags: int, tgid: int, comm: bytes, t: int,
+             payload: bytes) -> bytes:
+        return HDR.pack(kind, probe, flags, WIRE_VERSION, 0, tgid, tgid, len(payload), t,
+                        comm) + payload
+
     out = []
     for i in range(n):
         t = 10**9 + i * 1000
-        if i % 50 == 49:
-            out.append(Record("call", "memory_failure", 6, frozenset({"return"}), 0, 1, 1, "kworker",
-                              t, {"pfn": pages[i % 1000] >> 12, "flags": 2, "ret": 0}))
+        pfn = pages[i % 1000] >> 12
+        if i % 50 == 49:  # memory_failure(pfn, MF_ACTION_REQUIRED) returned 0
+            out.append(wire(KIND_CALL, mf, F_RETURN, 1, b"kworker", t,
+                            CALL.pack(pfn, 2, 0, 0, 0, 0, 0, 0, 0)))
         elif i % 50 == 48:
-            out.append(Record("tp", "memory_failure_event", 21, frozenset(), 0, 1, 1, "kworker", t,
-                              {}, encode_trace_entry(mfe, {"pfn": pages[i % 1000] >> 12,
-                                                           "type": 13, "result": 3})))
+            entry = encode_trace_entry(mfe, {"pfn": pfn, "type": 13, "result": 3})
+            out.append(wire(KIND_TP, tp, 0, 1, b"kworker", t,
+                            TP.pack(len(entry), len(entry)) + entry))
         else:
             blk = blocks[i % 1000]
-            out.append(Record("ghes", "ghes_do_proc", 1, frozenset(), 0, 0, 0, "swapper", t,
-                              {"source_id": 1, "hest_type": 10, "notify_type": 0,
-                               "error_block_length": 1024, "estatus_len": len(blk),
-                               "captured_len": len(blk)}, blk))
+            out.append(wire(KIND_GHES, BY_NAME["ghes_do_proc"].id, 0, 0, b"swapper", t,
+                            GHES.pack(1, 10, 0, 1024, len(blk), len(blk), 0xffff000012340000,
+                                      0xffff000012341000) + blk))
     return out, {"ras:memory_failure_event": mfe}
 
 
 def ingest(n: int) -> None:
-    records, formats = synthetic_records(n)
+    """The daemon's path for ring-buffer records (Daemon.drain: parse_record, then
+    Pipeline.feed), with the daemon's sinks and incident listeners except the SQLite
+    store (bench/store.py): metrics, the debug log sink, journald alerts (sent nowhere)."""
+    from rasd import config
+    from rasd.assembly import build
+    from rasd.pipeline import LogSink
+    from rasd.sinks.journal import JournalAlerts
+    from rasd.sinks.metrics import Metrics
+
+    wire, formats = synthetic_records(n)
+    records = [parse_record(raw) for raw in wire]  # not timed: the ring buffer's side
 
     class Count:
         n = 0
@@ -126,23 +146,31 @@ def ingest(n: int) -> None:
         def close(self):
             pass
 
-    from rasd import config
-    from rasd.assembly import build
-    from rasd.sinks.metrics import Metrics
-    incidents = []
-    assembly = build(config.defaults(), EventDecoder(formats), [Metrics(), Count()],
-                     on_incident=lambda i: incidents.append(i) if i.closed else None)
+    metrics = Metrics()
+    alerts = JournalAlerts(send=lambda **fields: None, on_outcome=metrics.alert)
+    closed = []
+
+    def on_incident(incident):  # Daemon._on_incident without the store
+        alerts.incident(incident)
+        metrics.incident(incident)
+        if incident.closed and incident.merged_into is None:
+            closed.append(incident)
+
+    assembly = build(config.defaults(), EventDecoder(formats), [metrics, LogSink(), Count()],
+                     on_incident=on_incident)
     pipeline = assembly.pipeline
-    t0 = time.perf_counter()
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     for rec in records:
         pipeline.feed(rec)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     assembly.correlator.expire(2**63 - 1)  # close what is open (not timed)
     lost = n - Count.n
     print(f"replay ingest:       {n / dt:8,.0f} events/s over {n:,} events, lost {lost}, "
           f"decode errors {pipeline.counters.decode_errors} (target >= 50,000; ratio "
-          f"{n / dt / 50_000:.2f}); decode, classify, correlate, thresholds, metrics "
-          f"(the SQLite store: bench/store.py); {len(incidents)} incidents closed")
+          f"{n / dt / 50_000:.2f}); {n / cpu:,.0f} events per CPU-second; load average "
+          f"{load:.2f} at the start; decode, classify, correlate, thresholds, metrics, alerts "
+          f"(the SQLite store: bench/store.py); {len(closed)} incidents closed")
 
 
 def main() -> None:
