@@ -7,17 +7,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-_GUID_CACHE: dict[bytes, str] = {}
+class _GuidText(dict):
+    """UEFI GUID bytes -> canonical text, memoized: ``GUID_TEXT[raw]`` costs one subscript
+    in the decoders' hot paths. Section types repeat; FRU ids may not: stay bounded."""
+
+    def __missing__(self, raw: bytes) -> str:
+        text = str(uuid.UUID(bytes_le=bytes(raw))).upper()
+        if len(self) < 4096:
+            self[bytes(raw)] = text
+        return text
+
+
+GUID_TEXT = _GuidText()
 
 
 def guid_str(raw: bytes) -> str:
     """UEFI GUID bytes (first three fields little-endian) as the canonical upper-case string."""
-    text = _GUID_CACHE.get(raw)
-    if text is None:
-        text = str(uuid.UUID(bytes_le=bytes(raw))).upper()
-        if len(_GUID_CACHE) < 4096:  # section types repeat; FRU ids may not: stay bounded
-            _GUID_CACHE[bytes(raw)] = text
-    return text
+    return GUID_TEXT[raw]
 
 
 def guid_bytes(text: str) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from ..common import Timestamp, fixed_text, guid_str
+from ..common import GUID_TEXT, Timestamp, fixed_text
 from ..errors import DecodeError
 from .model import Record, Section, StatusBlockHeader
 from .sections import decode_body
@@ -94,15 +94,17 @@ def _decode_entries(rec: Record, buf: bytes, pos: int, data_end: int, avail_end:
 def _decode_entry_header(buf: bytes, pos: int) -> tuple[Section | None, int]:
     (stype, severity, revision, valid, flags, length, fru_id,
      fru_text) = ENTRY.unpack_from(buf, pos)
-    hsize = entry_header_size(revision)
     timestamp = None
-    if hsize > ENTRY.size:
+    if revision >> 8 >= 3:  # entry_header_size(), inline: this runs for every entry
+        hsize = ENTRY.size + ENTRY_V3_EXTRA.size
         if len(buf) - pos < hsize:
             return None, pos
         timestamp = Timestamp(ENTRY_V3_EXTRA.unpack_from(buf, pos + ENTRY.size)[0])
-    sec = Section(guid_str(stype), None, severity, revision, valid, flags, guid_str(fru_id),
-                  fixed_text(fru_text) if fru_text[0] else "", timestamp, offset=pos,
-                  payload_offset=pos + hsize, payload_length=length)
+    else:
+        hsize = ENTRY.size
+    sec = Section(GUID_TEXT[stype], None, severity, revision, valid, flags, GUID_TEXT[fru_id],
+                  fixed_text(fru_text) if fru_text[0] else "", timestamp, None, pos,
+                  pos + hsize, length)  # error, offset, payload_offset, payload_length
     return sec, pos + hsize + length
 
 

@@ -100,23 +100,23 @@ class Section:
     def to_json(self) -> str:
         """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
         v = self.validation_bits
-        parts = [f'{{"type":{SECTION_TYPE_JSON[self.section_type]},'
-                 f'"severity":{SEVERITY_JSON[self.severity]},"revision":{self.revision},'
-                 f'"validation_bits":{v},"flags":{SECTION_FLAGS_JSON[self.flags]},'
-                 f'"offset":{self.offset},"payload_length":{self.payload_length}']
+        text = (f'{{"type":{SECTION_TYPE_JSON[self.section_type]},'
+                f'"severity":{SEVERITY_JSON[self.severity]},"revision":{self.revision},'
+                f'"validation_bits":{v},"flags":{SECTION_FLAGS_JSON[self.flags]},'
+                f'"offset":{self.offset},"payload_length":{self.payload_length}')
         if v & 1:
-            parts.append(f',"fru_id":{json_str(self.fru_id)}')
+            text += f',"fru_id":{json_str(self.fru_id)}'
         if v & 2:
-            parts.append(f',"fru_text":{json_str(self.fru_text)}')
+            text += f',"fru_text":{json_str(self.fru_text)}'
         if self.timestamp is not None and v & 4:
-            parts.append(f',"timestamp":{self.timestamp.to_json()}')
+            text += f',"timestamp":{self.timestamp.to_json()}'
         if self.body is None:
-            parts.append(',"kind":null,"body":null')
+            text += ',"kind":null,"body":null'
         else:
-            parts.append(f',"kind":"{self.body.KIND}","body":{self.body.to_json()}')
+            text += f',"kind":"{self.body.KIND}","body":{self.body.to_json()}'
         error = "null" if self.error is None else self.error.to_json()
-        parts.append(f',"error":{error}}}')
-        return "".join(parts)
+        text += f',"error":{error}}}'
+        return text
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from ..common import Timestamp, fixed_text, guid_str
+from ..common import GUID_TEXT, Timestamp, fixed_text
 from ..errors import DecodeError
 from .model import Record, RecordHeader, Section
 from .sections import decode_body
@@ -48,8 +48,8 @@ def _decode_header(buf: bytes, base: int) -> RecordHeader:
     (_, revision, sig_end, count, severity, valid, length, stamp, platform, partition, creator,
      notify, record_id, flags, persistence, _) = HEADER.unpack_from(buf, base)
     return RecordHeader(revision, sig_end, count, severity, valid, length, Timestamp(stamp),
-                        guid_str(platform), guid_str(partition), guid_str(creator),
-                        guid_str(notify), record_id, flags, persistence)
+                        GUID_TEXT[platform], GUID_TEXT[partition], GUID_TEXT[creator],
+                        GUID_TEXT[notify], record_id, flags, persistence)
 
 
 def _decode_sections(rec: Record, buf: bytes, base: int, end: int) -> None:
@@ -59,8 +59,8 @@ def _decode_sections(rec: Record, buf: bytes, base: int, end: int) -> None:
             rec.fail(DecodeError(f"section descriptor {index} of "
                                  f"{rec.header.section_count} truncated", pos))
             return
-        sec = _decode_descriptor(buf, pos)
-        start = base + _descriptor_offset(buf, pos)
+        sec, section_offset = _decode_descriptor(buf, pos)
+        start = base + section_offset
         if start < base + HEADER.size or start + sec.payload_length > end:
             rec.fail(DecodeError(f"section {index} (offset {start - base}, length "
                                  f"{sec.payload_length}) lies outside the record", pos))
@@ -75,12 +75,12 @@ def _decode_sections(rec: Record, buf: bytes, base: int, end: int) -> None:
         pos += DESCRIPTOR.size
 
 
-def _descriptor_offset(buf: bytes, pos: int) -> int:
-    return DESCRIPTOR.unpack_from(buf, pos)[0]
-
-
-def _decode_descriptor(buf: bytes, pos: int) -> Section:
-    (_, length, revision, valid, _, flags, stype, fru_id, severity,
+def _decode_descriptor(buf: bytes, pos: int) -> tuple[Section, int]:
+    """The section a descriptor describes (its body still to decode), and the descriptor's
+    section offset (relative to the record start)."""
+    (offset, length, revision, valid, _, flags, stype, fru_id, severity,
      fru_text) = DESCRIPTOR.unpack_from(buf, pos)
-    return Section(guid_str(stype), None, severity, revision, valid, flags, guid_str(fru_id),
-                   fixed_text(fru_text), None, offset=pos, payload_length=length)
+    sec = Section(GUID_TEXT[stype], None, severity, revision, valid, flags, GUID_TEXT[fru_id],
+                  fixed_text(fru_text) if fru_text[0] else "", None, None, pos, 0,
+                  length)  # error, offset, payload_offset (set by the caller), payload_length
+    return sec, offset

@@ -155,14 +155,22 @@ def type_form(raw: int, reading: str) -> dict:
             "bitmask_reading": read_type(raw, "bitmask")[0]}
 
 
-def error_info_form(error_info: int, kind: str) -> dict:
+def error_info_kind(raw_type: int, reading: str) -> str:
+    """Which layout error_info has: the entry's one type name, "" when it has several."""
+    names = read_type(raw_type, reading)[0]
+    return names[0] if len(names) == 1 else ""
+
+
+def error_info_form(error_info: int, raw_type: int, reading: str) -> dict:
+    kind = error_info_kind(raw_type, reading)
     return {"value": hex64(error_info), **_error_info_fields(error_info, kind)}
 
 
 # JSON text of the constant sub-objects, made once per value (see rasd.decode.common)
 TYPE_JSON = JsonMemo(lambda key: type_form(*key))  # key (type byte, reading)
 ERR_INFO_FLAGS_JSON = flags_json(ERR_INFO_FLAGS)
-ERROR_INFO_JSON = JsonMemo(lambda key: error_info_form(*key), limit=4096)  # (value, kind)
+# key (error_info, type byte, reading): fleets repeat a few values
+ERROR_INFO_JSON = JsonMemo(lambda key: error_info_form(*key), limit=4096)
 CONTEXT_TYPE_JSON = enum_json(CONTEXT_TYPES)
 
 
@@ -209,7 +217,6 @@ class ArmErrorInfo:
         return hit
 
     def to_dict(self, reading: str = "auto") -> dict:
-        names = read_type(self.type, reading)[0]
         d: dict = {"version": self.version, "length": self.length,
                    "validation_bits": self.validation_bits,
                    "type": type_form(self.type, reading)}
@@ -219,7 +226,7 @@ class ArmErrorInfo:
         if v & 2:
             d["flags"] = {"value": self.flags, "names": flag_names(self.flags, ERR_INFO_FLAGS)}
         if v & 4:
-            kind = names[0] if len(names) == 1 else ""
+            kind = error_info_kind(self.type, reading)
             d["error_info"] = {"value": hex64(self.error_info), **self.error_info_fields(kind)}
         if v & 8:
             d["virt_fault_addr"] = hex64(self.virt_fault_addr)
@@ -230,22 +237,19 @@ class ArmErrorInfo:
     def to_json(self, reading: str = "auto") -> str:
         """json_text(self.to_dict(reading)), written directly (see rasd.decode.common)."""
         v = self.validation_bits
-        parts = [f'{{"version":{self.version},"length":{self.length},"validation_bits":{v},'
-                 f'"type":{TYPE_JSON[(self.type, reading)]}']
+        text = (f'{{"version":{self.version},"length":{self.length},"validation_bits":{v},'
+                f'"type":{TYPE_JSON[self.type, reading]}')
         if v & 1:
-            parts.append(f',"multiple_error":{self.multiple_error}')
+            text += f',"multiple_error":{self.multiple_error}'
         if v & 2:
-            parts.append(f',"flags":{ERR_INFO_FLAGS_JSON[self.flags]}')
+            text += f',"flags":{ERR_INFO_FLAGS_JSON[self.flags]}'
         if v & 4:
-            names = read_type(self.type, reading)[0]
-            kind = names[0] if len(names) == 1 else ""
-            parts.append(f',"error_info":{ERROR_INFO_JSON[(self.error_info, kind)]}')
+            text += f',"error_info":{ERROR_INFO_JSON[self.error_info, self.type, reading]}'
         if v & 8:
-            parts.append(f',"virt_fault_addr":"{hex64(self.virt_fault_addr)}"')
+            text += f',"virt_fault_addr":"{hex64(self.virt_fault_addr)}"'
         if v & 16:
-            parts.append(f',"physical_fault_addr":"{hex64(self.physical_fault_addr)}"')
-        parts.append("}")
-        return "".join(parts)
+            text += f',"physical_fault_addr":"{hex64(self.physical_fault_addr)}"'
+        return text + "}"
 
 
 @dataclass(slots=True)
@@ -346,26 +350,25 @@ class ArmProcessorSection:
     def to_json(self) -> str:
         """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
         v = self.validation_bits
-        parts = [f'{{"validation_bits":{v},"err_info_num":{self.err_info_num},'
-                 f'"context_info_num":{self.context_info_num},'
-                 f'"section_length":{self.section_length}']
+        text = (f'{{"validation_bits":{v},"err_info_num":{self.err_info_num},'
+                f'"context_info_num":{self.context_info_num},'
+                f'"section_length":{self.section_length}')
         if v & 1:
-            parts.append(f',"mpidr":"{hex64(self.mpidr)}"')
+            text += f',"mpidr":"{hex64(self.mpidr)}"'
         if v & 2:
-            parts.append(f',"affinity_level":{self.affinity_level}')
-        parts.append(f',"midr":"{hex64(self.midr)}"')
+            text += f',"affinity_level":{self.affinity_level}'
+        text += f',"midr":"{hex64(self.midr)}"'
         if v & 4:
-            parts.append(f',"running_state":{self.running_state},"psci_state":{self.psci_state}')
+            text += f',"running_state":{self.running_state},"psci_state":{self.psci_state}'
         reading = self.type_reading
-        parts.append(f',"error_info":[{",".join([e.to_json(reading) for e in self.error_info])}]')
-        parts.append(f',"contexts":[{",".join([c.to_json() for c in self.contexts])}]')
-        parts.append(f',"context_stride":{json_str(self.context_stride)},'
-                     f'"vendor":"{self.vendor.hex()}"')
+        text += f',"error_info":[{",".join([e.to_json(reading) for e in self.error_info])}]'
+        text += f',"contexts":[{",".join([c.to_json() for c in self.contexts])}]'
+        text += (f',"context_stride":{json_str(self.context_stride)},'
+                 f'"vendor":"{self.vendor.hex()}"')
         if self.length_mismatch:
-            parts.append(f',"section_length_mismatch":{{"declared":{self.section_length},'
-                         f'"available":{self.available}}}')
-        parts.append("}")
-        return "".join(parts)
+            text += (f',"section_length_mismatch":{{"declared":{self.section_length},'
+                     f'"available":{self.available}}}')
+        return text + "}"
 
     @property
     def length_mismatch(self) -> bool:
@@ -419,7 +422,8 @@ def _decode_err_infos(buf: bytes, pos: int, limit: int, sec: ArmProcessorSection
         if info.length < ERR_INFO.size:
             raise DecodeError(f"error-info entry {i} has length {info.length} < 32", pos + 1)
         step = min(info.length, limit - pos)
-        info.extra = bytes(buf[pos + ERR_INFO.size:pos + step])
+        if step > ERR_INFO.size:  # (most entries are exactly 32 bytes: skip the empty copy)
+            info.extra = bytes(buf[pos + ERR_INFO.size:pos + step])
         sec.error_info.append(info)
         pos += step
     return pos

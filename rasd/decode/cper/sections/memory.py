@@ -171,33 +171,32 @@ class MemorySection:
         bits = self.valid_map
         v = self.validation_bits
         pa_valid = "true" if v & bits["physical_addr"] else "false"
-        parts = [f'{{"variant":{json_str(self.variant)},"validation_bits":"{hex64(v)}",'
-                 f'"physical_addr_valid":{pa_valid}']
+        text = (f'{{"variant":{json_str(self.variant)},"validation_bits":"{hex64(v)}",'
+                f'"physical_addr_valid":{pa_valid}')
         if v & bits["error_status"]:
             code = ERROR_STATUS_CODE_JSON[self.error_status >> 8 & 0xFF]
-            parts.append(f',"error_status":{{"value":"{hex64(self.error_status)}","code":{code}}}')
+            text += f',"error_status":{{"value":"{hex64(self.error_status)}","code":{code}}}'
         if v & bits["physical_addr"]:
-            parts.append(f',"physical_addr":"{hex64(self.physical_addr)}"')
+            text += f',"physical_addr":"{hex64(self.physical_addr)}"'
         if v & bits["physical_addr_mask"]:
-            parts.append(f',"physical_addr_mask":"{hex64(self.physical_addr_mask)}"')
+            text += f',"physical_addr_mask":"{hex64(self.physical_addr_mask)}"'
         location = ",".join([f'"{name}":{value}' for name, value in self.location().items()])
-        parts.append(f',"location":{{{location}}}')
+        text += f',"location":{{{location}}}'
         if v & (bits["requestor_id"] | bits["responder_id"] | bits["target_id"]):
             for name in ("requestor_id", "responder_id", "target_id"):
                 if v & bits[name]:
-                    parts.append(f',"{name}":"{hex64(getattr(self, name))}"')
+                    text += f',"{name}":"{hex64(getattr(self, name))}"'
         if v & bits["error_type"]:
-            parts.append(f',"error_type":{MEMORY_ERROR_TYPE_JSON[self.error_type]}')
+            text += f',"error_type":{MEMORY_ERROR_TYPE_JSON[self.error_type]}'
         if self.variant == "mem2" and v & bits["status"]:
-            parts.append(f',"status":{self.status}')
+            text += f',"status":{self.status}'
         if v & bits["mem_array_handle"]:
-            parts.append(f',"mem_array_handle":{self.mem_array_handle}')
+            text += f',"mem_array_handle":{self.mem_array_handle}'
         if v & bits["mem_dev_handle"]:
-            parts.append(f',"mem_dev_handle":{self.mem_dev_handle}')
+            text += f',"mem_dev_handle":{self.mem_dev_handle}'
         if self.extra:
-            parts.append(f',"extra_bytes":{len(self.extra)}')
-        parts.append("}")
-        return "".join(parts)
+            text += f',"extra_bytes":{len(self.extra)}'
+        return text + "}"
 
     def describe(self) -> list[str]:
         out = []

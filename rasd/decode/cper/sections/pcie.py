@@ -114,26 +114,25 @@ class PcieSection:
     def to_json(self) -> str:
         """json_text(self.to_dict()), written directly (see rasd.decode.common)."""
         v = self.validation_bits
-        parts = [f'{{"validation_bits":{v}']
+        text = f'{{"validation_bits":{v}'
         if v & 0x1:
-            parts.append(f',"port_type":{PORT_TYPE_JSON[self.port_type]}')
+            text += f',"port_type":{PORT_TYPE_JSON[self.port_type]}'
         if v & 0x2:
-            parts.append(f',"version":"{self.version_major}.{self.version_minor}"')
+            text += f',"version":"{self.version_major}.{self.version_minor}"'
         if v & 0x4:
-            parts.append(f',"command":{self.command},"status":{self.status}')
+            text += f',"command":{self.command},"status":{self.status}'
         if v & 0x8:
-            parts.append(f',"device":{self._device_json()}')
+            text += f',"device":{self._device_json()}'
         if v & 0x10:
-            parts.append(f',"serial_number":"{hex64(self.serial_upper << 32 | self.serial_lower)}"')
+            text += f',"serial_number":"{hex64(self.serial_upper << 32 | self.serial_lower)}"'
         if v & 0x20:
-            parts.append(f',"bridge":{{"secondary_status":{self.bridge_secondary_status},'
-                         f'"control":{self.bridge_control}}}')
+            text += (f',"bridge":{{"secondary_status":{self.bridge_secondary_status},'
+                     f'"control":{self.bridge_control}}}')
         if v & 0x40:
-            parts.append(f',"capability":"{self.capability.hex()}"')
+            text += f',"capability":"{self.capability.hex()}"'
         if v & 0x80:
-            parts.append(f',"aer":{self._aer_json()}')
-        parts.append("}")
-        return "".join(parts)
+            text += f',"aer":{self._aer_json()}'
+        return text + "}"
 
     def _device_json(self) -> str:
         """json_text(self.device_id())."""
