@@ -62,10 +62,11 @@ class JournalAlerts:
         self.send_failures = 0
 
     def incident(self, incident: Incident) -> None:
-        if not self.enabled or incident.merged_into is not None or incident.id in self.alerted:
+        # Asked on every change of every incident (in a storm, per event): the commonest
+        # answer, an open incident below critical, is checked first.
+        if not (incident.closed or SEVERITY_RANK.get(incident.severity, 0) >= IMMEDIATE):
             return
-        urgent = SEVERITY_RANK.get(incident.severity, 0) >= IMMEDIATE
-        if not (urgent or incident.closed):
+        if not self.enabled or incident.merged_into is not None or incident.id in self.alerted:
             return
         self.alerted.add(incident.id)
         if len(self.alerted) > 100_000:
