@@ -262,6 +262,40 @@ def test_decode_many_files_with_one_bad_keeps_order_and_exit_1(tmp_path):
     assert proc.stderr.decode().count("record 0") == 1
 
 
+def test_jobs_give_the_same_bytes_as_one_process(tmp_path):
+    # worker processes write their chunks themselves, in input order: stdout, stderr and
+    # the exit status do not depend on how many there are
+    inputs = [MEMORY, RECORD, ARM[:300], b"", ARM.hex().encode(), b"0x1, 0x2", MISC + MEMORY]
+    paths = []
+    for i in range(90):
+        p = tmp_path / f"g{i:02d}.bin"
+        p.write_bytes(inputs[i % len(inputs)])
+        paths.append(str(p))
+    paths.insert(45, str(tmp_path / "missing.bin"))
+    for args in (["--json"], ["--json", "--raw"], []):
+        runs = [rasdctl("decode", *args, "--jobs", str(n), *paths) for n in (1, 2, 3)]
+        assert runs[0].returncode == 1 and runs[0].stdout.count(b"\n") > 90
+        for run in runs[1:]:
+            assert (run.returncode, run.stdout, run.stderr) == \
+                (runs[0].returncode, runs[0].stdout, runs[0].stderr)
+
+
+def test_jobs_output_closed_early_is_not_an_error(tmp_path):
+    paths = []
+    for i in range(200):
+        p = tmp_path / f"h{i:03d}.bin"
+        p.write_bytes(ARM)
+        paths.append(str(p))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "rasd.cli.rasdctl", "decode", "--json",
+                             "--jobs", "2", *paths], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO, env=env)
+    assert proc.stdout.read(100)  # `rasdctl decode ... | head -c 100`
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in proc.stderr.read()
+
+
 # --- decode-esr --------------------------------------------------------------------------
 
 def test_decode_esr_text_and_json():
