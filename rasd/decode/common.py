@@ -66,25 +66,34 @@ json_text = json.JSONEncoder(separators=(",", ":")).encode  # the reference form
 json_str = json.encoder.encode_basestring_ascii  # what json_text writes for a str
 
 
-class JsonMemo(dict):
-    """The JSON text of ``form(key)``, memoized per key: ``memo[key]``.
+class Memo(dict):
+    """``memo[key]`` is ``make(key)``, made once per key.
 
-    Enumerations, flag sets, GUID/name pairs: a handful of values fill most records, so
-    their text is made once, by json_text itself (equal to the dict form by construction).
     A dict, so that a hit costs one subscript and no Python call. Keys come from untrusted
     input, so at most ``limit`` are kept; later ones are made each time.
     """
 
-    def __init__(self, form: Callable[[Any], Any], limit: int = 1024) -> None:
+    def __init__(self, make: Callable[[Any], Any], limit: int = 1024) -> None:
         super().__init__()
-        self.form = form
+        self.make = make
         self.limit = limit
 
-    def __missing__(self, key: Any) -> str:
-        text = json_text(self.form(key))
+    def __missing__(self, key: Any) -> Any:
+        value = self.make(key)
         if len(self) < self.limit:
-            self[key] = text
-        return text
+            self[key] = value
+        return value
+
+
+class JsonMemo(Memo):
+    """The JSON text of ``form(key)``, memoized per key: ``memo[key]``.
+
+    Enumerations, flag sets, GUID/name pairs: a handful of values fill most records, so
+    their text is made once, by json_text itself (equal to the dict form by construction).
+    """
+
+    def __init__(self, form: Callable[[Any], Any], limit: int = 1024) -> None:
+        super().__init__(lambda key: json_text(form(key)), limit)
 
 
 def enum_json(names: dict[int, str]) -> JsonMemo:
@@ -102,6 +111,32 @@ def fixed_text(raw: bytes) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("ascii", "backslashreplace")
 
 
+def _bcd(byte: int) -> int | None:
+    hi, lo = byte >> 4, byte & 0xF
+    return None if hi > 9 or lo > 9 else hi * 10 + lo
+
+
+def _iso_date(raw: int) -> str | None:
+    """Day, month, year, century (BCD bytes, low first) as YYYY-MM-DD, None when invalid."""
+    day, month, year, century = (_bcd(raw >> shift & 0xFF) for shift in (0, 8, 16, 24))
+    if None in (day, month, year, century) or not (1 <= day <= 31 and 1 <= month <= 12):
+        return None
+    return f"{century * 100 + year:04d}-{month:02d}-{day:02d}"
+
+
+def _iso_time(raw: int) -> str | None:
+    """Second, minute, hour (BCD bytes, low first) as HH:MM:SS, None when invalid."""
+    sec, minute, hour = (_bcd(raw >> shift & 0xFF) for shift in (0, 8, 16))
+    if None in (sec, minute, hour) or not (sec < 60 and minute < 60 and hour < 24):
+        return None
+    return f"{hour:02d}:{minute:02d}:{sec:02d}"
+
+
+# Records come in storms: they share a date, and times repeat (the text is made once)
+_ISO_DATES = Memo(_iso_date, limit=4096)
+_ISO_TIMES = Memo(_iso_time, limit=4096)
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is 3x slower, and this is hot
 class Timestamp:
     """The 8-byte CPER/GHES BCD timestamp: sec, min, hour, flags, day, month, year, century."""
@@ -114,17 +149,8 @@ class Timestamp:
 
     def iso(self) -> str | None:
         """ISO 8601 (no offset: CPER does not say which time zone firmware used)."""
-        # Written big-endian in hex, each valid BCD byte reads as its two decimal digits:
-        # century year month day flags hour minute second. Two-digit decimal strings
-        # compare as their numbers do, so the range checks need no int().
-        digits = "%016x" % self.raw
-        year, month, day = digits[0:4], digits[4:6], digits[6:8]
-        hour, minute, sec = digits[10:12], digits[12:14], digits[14:16]
-        if not (f"{year}{month}{day}{hour}{minute}{sec}".isdigit() and sec < "60"
-                and minute < "60" and hour < "24" and "01" <= day <= "31"
-                and "01" <= month <= "12"):
-            return None
-        return f"{year}-{month}-{day}T{hour}:{minute}:{sec}"
+        date, time = _ISO_DATES[self.raw >> 32], _ISO_TIMES[self.raw & 0xFFFFFF]
+        return None if date is None or time is None else f"{date}T{time}"
 
     def to_dict(self) -> dict:
         return {"iso": self.iso(), "precise": self.precise, "raw": hex64(self.raw)}

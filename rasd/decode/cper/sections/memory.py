@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field, fields
 
-from ...common import enum, enum_json, hex64, json_str
+from ...common import Memo, enum, enum_json, hex64, json_str
 from ...errors import DecodeError
 
 # Table N-32 (Memory Error Record, UEFI 2.3+): 80 bytes; the 2.1 layout stops after error_type.
@@ -71,9 +71,33 @@ MEMORY_ERROR_TYPE_JSON = enum_json(MEMORY_ERROR_TYPES)
 # Location fields in the order the kernel prints them (cper_mem_err_location).
 _LOCATION = ("node", "card", "module", "rank", "bank", "bank_group", "bank_address",
              "device", "row", "column", "bit_pos", "chip_id")
-_LOCATION1_BITS = tuple((n, MEM1_VALID[n]) for n in _LOCATION)
-_LOCATION2_BITS = tuple((n, MEM2_VALID[n]) for n in _LOCATION)
 _ROW_EXT = MEM1_VALID["row_ext"]
+
+
+@dataclass(frozen=True)
+class _LocationLayout:
+    """Which location fields a section shows, worked out once per variant and validation
+    bits: their names, where their values sit in the _LOCATION-ordered tuple, and the
+    %-template of their JSON object."""
+
+    names: tuple[str, ...]
+    indexes: tuple[int, ...]
+    json_template: str
+
+    @classmethod
+    def of(cls, valid_map: dict[str, int], validation_bits: int) -> "_LocationLayout":
+        names = [name for name in _LOCATION if validation_bits & valid_map[name]]
+        if "bank" in names and ("bank_group" in names or "bank_address" in names):
+            names.remove("bank")  # the bank field then carries group and address, listed apart
+        return cls(tuple(names), tuple(map(_LOCATION.index, names)),
+                   "{" + ",".join(f'"{name}":%d' for name in names) + "}")
+
+
+# per variant, keyed by the validation bits of the location fields alone
+_LOCATION1_MASK = sum(MEM1_VALID[name] for name in _LOCATION)
+_LOCATION2_MASK = sum(MEM2_VALID[name] for name in _LOCATION)
+_LOCATION1_LAYOUTS = Memo(lambda bits: _LocationLayout.of(MEM1_VALID, bits))
+_LOCATION2_LAYOUTS = Memo(lambda bits: _LocationLayout.of(MEM2_VALID, bits))
 
 
 @dataclass(slots=True)
@@ -120,19 +144,23 @@ class MemorySection:
 
     def location(self) -> dict[str, int]:
         """The valid location fields (node/card/module/rank/bank/device/row/column/bit)."""
+        layout, values = self._location()
+        return dict(zip(layout.names, values))
+
+    def _location(self) -> tuple[_LocationLayout, tuple[int, ...]]:
+        """The layout of the valid location fields and their values."""
         v = self.validation_bits
         if self.variant == "mem2":
-            names_bits, row, chip_id = _LOCATION2_BITS, self.row, self.chip_id
+            layout = _LOCATION2_LAYOUTS[v & _LOCATION2_MASK]
+            row, chip_id = self.row, self.chip_id
         else:  # mem1 keeps row bits 17:16 and the chip id in ``extended``
-            names_bits, chip_id = _LOCATION1_BITS, self.extended >> 5
+            layout = _LOCATION1_LAYOUTS[v & _LOCATION1_MASK]
             row = self.row | (self.extended & 0x3) << 16 if v & _ROW_EXT else self.row
+            chip_id = self.extended >> 5
         bank = self.bank
         values = (self.node, self.card, self.module, self.rank, bank, bank >> 8, bank & 0xFF,
                   self.device, row, self.column, self.bit_pos, chip_id)  # in _LOCATION order
-        out = {name: value for (name, bit), value in zip(names_bits, values) if v & bit}
-        if "bank" in out and ("bank_group" in out or "bank_address" in out):
-            del out["bank"]  # the bank field then carries group and address, listed apart
-        return out
+        return layout, tuple(map(values.__getitem__, layout.indexes))
 
     def location_text(self) -> str:
         return " ".join(f"{k} {v}" for k, v in self.location().items())
@@ -180,8 +208,8 @@ class MemorySection:
             text += f',"physical_addr":"{hex64(self.physical_addr)}"'
         if v & bits["physical_addr_mask"]:
             text += f',"physical_addr_mask":"{hex64(self.physical_addr_mask)}"'
-        location = ",".join([f'"{name}":{value}' for name, value in self.location().items()])
-        text += f',"location":{{{location}}}'
+        layout, location = self._location()
+        text += f',"location":{layout.json_template % location}'
         if v & (bits["requestor_id"] | bits["responder_id"] | bits["target_id"]):
             for name in ("requestor_id", "responder_id", "target_id"):
                 if v & bits[name]:
