@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+
 class _GuidText(dict):
     """UEFI GUID bytes -> canonical text, memoized: ``GUID_TEXT[raw]`` costs one subscript
     in the decoders' hot paths. Section types repeat; FRU ids may not: stay bounded."""

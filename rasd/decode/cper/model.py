@@ -22,6 +22,7 @@ SECTION_FLAGS = {0x01: "primary", 0x02: "containment_warning", 0x04: "reset",
 RECORD_FLAGS = {0x1: "recovered", 0x2: "previous_error", 0x4: "simulated"}
 
 
+# The dict forms of sub-objects, shared by to_dict() and the JSON memos below
 def section_type_form(guid: str) -> dict:
     return {"guid": guid, "name": section_name(guid)}
 
