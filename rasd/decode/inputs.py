@@ -15,8 +15,12 @@ _WS = re.compile(rb"\s")
 _ODD_PREFIXED = re.compile(rb"0[xX](?:[0-9a-fA-F]{2})*[0-9a-fA-F](?![0-9a-fA-F])")
 
 
+_TEXT_BYTES = bytes(range(32, 127)) + b"\t\n\r"  # printable ASCII, tab, newline, CR
+
+
 def _is_text(data: bytes) -> bool:
-    return all(32 <= b < 127 or b in (9, 10, 13) for b in data[:4096])
+    # delete the text bytes: nothing may be left (a C loop: 4 KB in microseconds, not 0.3 ms)
+    return not data[:4096].translate(None, _TEXT_BYTES)
 
 
 FORMATS = ("auto", "binary", "hex", "base64")
