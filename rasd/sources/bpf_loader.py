@@ -575,9 +575,22 @@ def _child_load(request: dict) -> tuple[dict, list[int]]:
                   "cache_load_s": t_compile if cached is not None else 0.0,
                   "btf_s": t1 - t0,
                   "total_s": time.monotonic() - t0,
-                  "child_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
+                  "child_maxrss_kb": _peak_rss_kb(),
+                  "bcc_imported": "bcc" in sys.modules},
     }
     return reply, fds
+
+
+def _peak_rss_kb() -> int:
+    """This process image's peak RSS. (getrusage's ru_maxrss would also count the parent's
+    RSS at fork: Linux carries the pre-exec high-water mark across execve.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _child_main(sock_fd: int, defer_bcc: bool = False) -> None:

@@ -66,7 +66,8 @@ def test_second_load_hits_without_bcc_and_delivers_the_same_records(tmp_path):
     try:
         assert second.stats["cache"] == "hit"
         assert second.stats["compile_s"] == 0
-        # the child never imported bcc/LLVM: a compiling child holds >100 MB
+        # the child never imported bcc/LLVM (a compiling child holds >100 MB)
+        assert first.stats["bcc_imported"] and not second.stats["bcc_imported"]
         assert second.stats["child_maxrss_kb"] < 60 * 1024 < first.stats["child_maxrss_kb"]
         assert _table(second) == table_compiled
         assert "test:rasd_test_call" in second.attached()
