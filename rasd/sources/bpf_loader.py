@@ -466,6 +466,18 @@ def _cache_key(request: dict, plans: list[dict], cflags: list[str]) -> str:
                                {"hot_kprobes": bool(request.get("hot_kprobes"))})
 
 
+def needed_programs(plans: list[dict], request: dict, vcpu_esr: bool) -> set[str]:
+    """The BPF functions the attached probes run: a probe going in by fentry runs its
+    KFUNC program only (its kprobe function is never loaded, so no entry holds it)."""
+    needed = set()
+    for p in plans:
+        if _skip_reason(p, request, vcpu_esr):
+            continue
+        fns = (p["fentry_fn"],) if p.get("fentry_fn") else (p.get("entry_fn"), p.get("exit_fn"))
+        needed.update(fn for fn in fns if fn)
+    return needed
+
+
 def _from_cache(request: dict, plans: list[dict], cflags: list[str], btf,
                 vcpu_esr: bool, notes: list[str]):
     """(cache dir or None, key, the loaded CachedObject or None, state)."""
@@ -475,8 +487,7 @@ def _from_cache(request: dict, plans: list[dict], cflags: list[str], btf,
     if not bpf_cache.cacheable(plans):
         return None, None, None, "not cacheable"
     key = _cache_key(request, plans, cflags)
-    needed = {p[f] for p in plans if not _skip_reason(p, request, vcpu_esr)
-              for f in ("entry_fn", "exit_fn", "fentry_fn") if p.get(f)}
+    needed = needed_programs(plans, request, vcpu_esr)
     if not cache.path.exists():
         return cache, key, None, "miss"      # the first compile creates it
     try:

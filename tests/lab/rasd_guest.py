@@ -326,7 +326,9 @@ class Rasd:
         loader = doc.get("loader") or {}
         self.loads.append({"cache": loader.get("cache"),
                            "compile_s": round(loader.get("compile_s", 0), 1),
-                           "cache_load_s": round(loader.get("cache_load_s", 0), 1)})
+                           "cache_load_s": round(loader.get("cache_load_s", 0), 1),
+                           # why an entry was unusable or not written, when it was
+                           "notes": [n for n in doc.get("notes") or [] if "cache" in n]})
         if "written" not in (loader.get("cache") or ""):
             return
         out = f"{GUEST_DIR}/bpf-cache-out"

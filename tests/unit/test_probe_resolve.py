@@ -323,3 +323,23 @@ def test_kernel_config_sources_in_order(tmp_path):
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot" / f"config-{rel}").write_text("CONFIG_FROM_BOOT=y\n")
     assert read_kernel_config(rel, tmp_path) == "CONFIG_FROM_BOOT=y\n"
+
+
+def test_cache_needs_only_the_programs_attached_probes_run(v612):
+    """A cached fentry build holds the KFUNC programs of the hot paths, not their kprobe
+    functions (bcc never loads those): asking for them made every restart in fentry mode
+    recompile (6.12 lab, kvm-guest-sea: "entry lacks program(s) rasd_handle_exit_early")."""
+    from rasd.sources.bpf_loader import _probe_plans, needed_programs
+
+    probes = list(P.PROBES)
+    plans = _probe_plans(probes, resolve(v612, hot_paths="fentry"), v612)
+    by_probe = {p["name"]: p for p in plans}
+    needed = needed_programs(plans, {}, vcpu_esr=True)
+    for name in ("handle_exit_early", "kvm_handle_guest_abort"):
+        assert by_probe[name]["fentry_fn"] in needed
+        assert by_probe[name]["entry_fn"] not in needed
+    mf = by_probe["memory_failure"]          # kprobe+kretprobe: both functions
+    assert {mf["entry_fn"], mf["exit_fn"]} <= needed
+    # without the vcpu ESR offset the SEA probe is not attached: nothing of it is needed
+    sea = by_probe["kvm_handle_guest_abort"]
+    assert sea["fentry_fn"] not in needed_programs(plans, {}, vcpu_esr=False)
