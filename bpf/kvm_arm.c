@@ -48,7 +48,7 @@ static __always_inline int rasd_exit_early(void *vcpu, u32 idx, u16 flags)
     if (!(idx & ARM_EXIT_WITH_SERROR_BIT) && idx != ARM_EXCEPTION_EL1_SERROR)
         return 0;
     flags |= rasd_vcpu_fault(vcpu, &esr, &disr, &far, &hpfar);
-    return rasd_emit_call(RASD_P_HANDLE_EXIT_EARLY, flags, (u64)vcpu, idx, 0, 0, 0,
+    return rasd_emit_call(RASD_P_HANDLE_EXIT_EARLY, flags, (u64)vcpu, idx, 0, RASD_VMM_CGROUP, 0,
                           esr, disr, far, hpfar);
 }
 
@@ -83,7 +83,7 @@ static __always_inline int rasd_guest_abort(void *vcpu, u16 flags)
     flags |= rasd_vcpu_fault(vcpu, &esr, &disr, &far, &hpfar);
     if (!(flags & RASD_F_VCPU_FAULT) || !rasd_fsc_is_sea(esr))
         return 0;
-    return rasd_emit_call(RASD_P_KVM_HANDLE_GUEST_ABORT, flags, (u64)vcpu, 0, 0, 0, 0,
+    return rasd_emit_call(RASD_P_KVM_HANDLE_GUEST_ABORT, flags, (u64)vcpu, 0, 0, RASD_VMM_CGROUP, 0,
                           esr, disr, far, hpfar);
 }
 
@@ -106,14 +106,14 @@ int rasd_kvm_handle_guest_sea(struct pt_regs *ctx)
     u64 esr, disr, far, hpfar;
     u16 flags = rasd_vcpu_fault(vcpu, &esr, &disr, &far, &hpfar);
 
-    return rasd_emit_call(RASD_P_KVM_HANDLE_GUEST_SEA, flags, (u64)vcpu, 0, 0, 0, 0,
+    return rasd_emit_call(RASD_P_KVM_HANDLE_GUEST_SEA, flags, (u64)vcpu, 0, 0, RASD_VMM_CGROUP, 0,
                           esr, disr, far, hpfar);
 }
 
 /* kvm_inject_vabt(vcpu) (<=6.16); also reached from non-RAS paths (user space). */
 int rasd_kvm_inject_vabt(struct pt_regs *ctx)
 {
-    return rasd_emit_call(RASD_P_KVM_INJECT_VABT, 0, PT_REGS_PARM1(ctx), 0, 0, 0, 0,
+    return rasd_emit_call(RASD_P_KVM_INJECT_VABT, 0, PT_REGS_PARM1(ctx), 0, 0, RASD_VMM_CGROUP, 0,
                           0, 0, 0, 0);
 }
 
@@ -123,7 +123,7 @@ int rasd_kvm_set_sei_esr(struct pt_regs *ctx)
 {
     return rasd_emit_call(RASD_P_KVM_SET_SEI_ESR, 0, PT_REGS_PARM1(ctx),
                           RASD_ESR(RASD_P_KVM_SET_SEI_ESR, PT_REGS_PARM2(ctx)),
-                          0, 0, 0, 0, 0, 0, 0);
+                          0, RASD_VMM_CGROUP, 0, 0, 0, 0, 0);
 }
 
 /* kvm_inject_serror_esr(vcpu, esr) (6.17+). */
@@ -131,5 +131,5 @@ int rasd_kvm_inject_serror_esr(struct pt_regs *ctx)
 {
     return rasd_emit_call(RASD_P_KVM_INJECT_SERROR_ESR, 0, PT_REGS_PARM1(ctx),
                           RASD_ESR(RASD_P_KVM_INJECT_SERROR_ESR, PT_REGS_PARM2(ctx)),
-                          0, 0, 0, 0, 0, 0, 0);
+                          0, RASD_VMM_CGROUP, 0, 0, 0, 0, 0);
 }

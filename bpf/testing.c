@@ -18,6 +18,13 @@ int rasd_test_call(void *ctx)
     return rasd_emit_call(RASD_P_TEST, 0, 1, 2, 3, 4, -5, 6, 7, 8, 9);
 }
 
+/* A CALL record as the KVM probes make it: arg3 = the task's cgroup v2 id. */
+int rasd_test_vmm_call(void *ctx)
+{
+    RASD_TEST_ONLY_ME();
+    return rasd_emit_call(RASD_P_TEST, 0, 1, 0, 0, RASD_VMM_CGROUP, 0, 0, 0, 0, 0);
+}
+
 /* The minimal program probe costs are compared against: one reserve + submit. */
 int rasd_test_baseline(void *ctx)
 {

@@ -47,7 +47,7 @@ def build(cfg: Config, decoder: EventDecoder, sinks: list[Sink],
           on_incident: Callable[[Incident], None] | None = None,
           first_event_id: int = 1, first_incident_id: int = 1,
           blast_radius: Callable[[int], Any] | None = None,
-          vm_of: Callable[[int, int, str], Any] | None = None,
+          vm_of: Callable[[int, int, str, int | None], Any] | None = None,
           cpu_of_mpidr: Callable[[int], int | None] | None = None,
           netdevs_of: Callable[[str], list] | None = None,
           dimm_of: Callable[[int], dict | None] | None = None) -> Assembly:

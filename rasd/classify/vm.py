@@ -423,10 +423,12 @@ class VmCache:
     cannot have been reused by a live process, but a short-lived one in between
     cannot be ruled out)."""
 
-    def __init__(self, max_entries: int = 1024, proc: str = PROC) -> None:
+    def __init__(self, max_entries: int = 1024, proc: str = PROC,
+                 cgroups: Any = None) -> None:
         self.max_entries = max_entries
         self.proc = proc
         self._cache: OrderedDict[int, tuple[int, dict | None]] = OrderedDict()
+        self._cgroups = cgroups  # a CgroupResolver over cgroup2 (made on first use)
 
     def _info(self, tgid: int) -> tuple[dict | None, bool]:
         st = start_time(tgid, self.proc)
@@ -446,14 +448,37 @@ class VmCache:
             self._cache.popitem(last=False)
         return info, True
 
-    def lookup(self, tgid: int, tid: int | None = None,
-               comm: str | None = None) -> dict[str, Any] | None:
+    def lookup(self, tgid: int, tid: int | None = None, comm: str | None = None,
+               cgroup_id: int | None = None) -> dict[str, Any] | None:
+        """``cgroup_id``: the cgroup v2 id the event ran in (KVM probes send it): names
+        the VM when the process is gone and was never seen alive."""
         info, verified = self._info(tgid)
+        from_event = info is None and verified and bool(cgroup_id)
+        if from_event:
+            info = self._by_cgroup_id(cgroup_id)
         vcpu, vcpu_how = _vcpu(tgid, tid, comm, self.proc)
         out = _result(info, tgid, tid, vcpu, vcpu_how)
         if out is not None and not verified:
             out["verified"] = False
+        if out is not None and from_event and info is not None:
+            out["cgroup_id"] = cgroup_id
         return out
+
+    def _by_cgroup_id(self, cgroup_id: int) -> dict[str, Any] | None:
+        """The owner the event's cgroup names (the directory outlives the process while
+        its manager keeps it), as _identify() gives it from /proc; None if unknown."""
+        if self._cgroups is None:
+            from .cgroups import CgroupResolver, cgroup2_mounts
+            self._cgroups = CgroupResolver(mounts=cgroup2_mounts())
+        path = self._cgroups.path_of(cgroup_id)
+        owner = owner_from_cgroup_path(path) if path else None
+        if owner is None:
+            return None
+        info = combine(owner, parse_cmdline([]))
+        info["is_vmm"] = owner["kind"] in ("vm", "machine")
+        if info.get("how"):  # "cgroup-id:libvirt-qemu": the path came from the event's id
+            info["how"] = info["how"].replace("cgroup:", "cgroup-id:", 1)
+        return info
 
     def lookup_task(self, task: Any) -> dict[str, Any] | None:
         """lookup() for an ``rasd.events.Task``."""

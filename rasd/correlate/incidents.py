@@ -56,14 +56,14 @@ class Correlator:
     def __init__(self, window_ns: int = DEFAULT_WINDOW_NS,
                  ids: Iterator[int] | None = None,
                  blast_radius: Callable[[int], Any] | None = None,
-                 vm_of: Callable[[int, int, str], Any] | None = None,
+                 vm_of: Callable[[int, int, str, int | None], Any] | None = None,
                  on_change: Callable[[Incident], None] | None = None,
                  netdevs_of: Callable[[str], list] | None = None,
                  dimm_of: Callable[[int], dict | None] | None = None) -> None:
         self.window_ns = window_ns
         self.ids = ids or itertools.count(1)
         self.blast_radius = blast_radius  # pfn -> dict (read /proc/kpageflags at once)
-        self.vm_of = vm_of  # (tgid, tid, comm) -> dict or None
+        self.vm_of = vm_of  # (tgid, tid, comm, cgroup id or None) -> dict or None
         self.netdevs_of = netdevs_of  # PCI "ssss:bb:dd.f" -> [NetdevInfo]: which NIC it is
         self.dimm_of = dimm_of  # SMBIOS type 17 handle -> {"label", "locator", ...}
         self.on_change = on_change
@@ -227,7 +227,8 @@ class Correlator:
             return
         if event.kind in KVM_KINDS or event.fields.get("origin") == "guest" or \
                 _sigbus_to_own_vcpu(event):
-            incident.vm = self.vm_of(event.task.tgid, event.task.tid, event.task.comm)
+            incident.vm = self.vm_of(event.task.tgid, event.task.tid, event.task.comm,
+                                     event.fields.get("cgroup_id"))
 
 
 def _details(event: Event) -> tuple:

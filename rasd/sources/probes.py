@@ -56,6 +56,7 @@ def _cf(args: tuple[str, ...] = (), ret: str = "", x: tuple[str, ...] = ()) -> t
 _SUFFIX = r"(\.(isra|constprop|part|cold|llvm)\.\w+)*"
 _VCPU_FAULT = ("esr_el2", "disr_el1", "far_el2", "hpfar_el2")
 _REGS_MODE = ("pc", "pstate")
+_CGROUP = "cgroup_id"  # the vCPU thread's cgroup v2 id (classify/vm.py: VM after VMM exit)
 
 PROBES: tuple[Probe, ...] = (
     # --- APEI / GHES -------------------------------------------------------
@@ -92,25 +93,25 @@ PROBES: tuple[Probe, ...] = (
     Probe("handle_exit_early", 8, "kprobe", "kvm_arm.c", ARM64,
           symbols=("handle_exit_early",), entry_fn="rasd_handle_exit_early",
           fentry_fn="kfunc__handle_exit_early", fentry_macro="RASD_FENTRY_HANDLE_EXIT_EARLY",
-          hot=True, call_fields=_cf(("vcpu", "exception_index"), "", _VCPU_FAULT),
+          hot=True, call_fields=_cf(("vcpu", "exception_index", "", _CGROUP), "", _VCPU_FAULT),
           yields="guest SError exit (bit 31 or code 1) with vcpu fault registers"),
     Probe("kvm_handle_guest_abort", 9, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_handle_guest_abort",), entry_fn="rasd_kvm_handle_guest_abort",
           fentry_fn="kfunc__kvm_handle_guest_abort",
           fentry_macro="RASD_FENTRY_KVM_HANDLE_GUEST_ABORT", hot=True, needs_vcpu_esr=True,
-          call_fields=_cf(("vcpu",), "", _VCPU_FAULT), yields="guest SEA (FSC filter in BPF)"),
+          call_fields=_cf(("vcpu", "", "", _CGROUP), "", _VCPU_FAULT), yields="guest SEA (FSC filter in BPF)"),
     Probe("kvm_handle_guest_sea", 10, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_handle_guest_sea",), entry_fn="rasd_kvm_handle_guest_sea",
-          call_fields=_cf(("vcpu",), "", _VCPU_FAULT), yields="guest SEA (6.17+ function)"),
+          call_fields=_cf(("vcpu", "", "", _CGROUP), "", _VCPU_FAULT), yields="guest SEA (6.17+ function)"),
     Probe("kvm_inject_vabt", 11, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_inject_vabt",), entry_fn="rasd_kvm_inject_vabt",
-          call_fields=_cf(("vcpu",)), yields="virtual SError injected (<=6.16)"),
+          call_fields=_cf(("vcpu", "", "", _CGROUP)), yields="virtual SError injected (<=6.16)"),
     Probe("kvm_inject_serror_esr", 12, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_inject_serror_esr",), entry_fn="rasd_kvm_inject_serror_esr",
-          call_fields=_cf(("vcpu", "esr")), esr_param=1, yields="virtual SError injected (6.17+)"),
+          call_fields=_cf(("vcpu", "esr", "", _CGROUP)), esr_param=1, yields="virtual SError injected (6.17+)"),
     Probe("kvm_set_sei_esr", 23, "kprobe", "kvm_arm.c", ARM64,
           symbols=("kvm_set_sei_esr",), entry_fn="rasd_kvm_set_sei_esr",
-          call_fields=_cf(("vcpu", "esr")), esr_param=1,
+          call_fields=_cf(("vcpu", "esr", "", _CGROUP)), esr_param=1,
           yields="virtual SError with a chosen syndrome (<=6.16, KVM_SET_VCPU_EVENTS)"),
     # --- host SError / SEA -------------------------------------------------
     Probe("do_serror", 13, "kprobe", "serror.c", ARM64,

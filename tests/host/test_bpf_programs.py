@@ -348,3 +348,47 @@ def test_handle_exit_early_filter():
         assert {"vcpu_fault", "read_fault"} <= r.flags
     finally:
         lp.close()
+
+
+def _cgroup2_root() -> Path | None:
+    from rasd.classify.cgroups import cgroup2_mounts
+    mounts = cgroup2_mounts()
+    return Path(mounts[0][0]) if mounts and mounts[0][1] == "/" else None
+
+
+@pytest.mark.skipif(_cgroup2_root() is None, reason="no cgroup2 hierarchy mounted at its root")
+def test_vmm_cgroup_id_names_the_vm_after_the_vmm_is_gone(tmp_path):
+    """KVM probes send the vCPU thread's cgroup v2 id (bpf_get_current_cgroup_id): it is
+    the kernfs inode of the cgroup directory, so the VM is named from the machine scope
+    even when /proc has no such process any more (the 6.12 lab's VMM that exits right
+    after its virtual SError)."""
+    from rasd.classify.vm import VmCache
+
+    root = _cgroup2_root()
+    slice_ = root / "machine.slice"
+    made_slice = not slice_.exists()
+    scope = slice_ / "machine-qemu\\x2d7\\x2dhostvm.scope"
+    scope.mkdir(parents=True, exist_ok=True)
+    own = (Path("/proc/self/cgroup").read_text().split("0::", 1)[1].splitlines()[0]
+           if "0::" in Path("/proc/self/cgroup").read_text() else "/")
+    lp = load_probes(ringbuf_pages=8, require_any=False,
+                     test_attach=[ExtraAttach("rasd_test_vmm_call", "syscalls:sys_enter_getppid")],
+                     extra_cflags=[f"-DRASD_TEST_TGID={os.getpid()}"])
+    try:
+        (scope / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            os.getppid()
+        finally:
+            (root / own.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        assert lp.ringbuf.poll(1.0)
+        (rec,) = [r for r in lp.read() if r.tgid == os.getpid()]
+        assert rec.fields["arg3"] == scope.stat().st_ino
+        # no such process in this (empty) /proc: only the id can name the VM
+        cache = VmCache(proc=str(tmp_path))
+        vm = cache.lookup(rec.tgid, rec.tid, "CPU 2/KVM", cgroup_id=rec.fields["arg3"])
+        assert (vm["name"], vm["vcpu"], vm["how"]) == ("hostvm", 2, "cgroup-id:libvirt-qemu")
+    finally:
+        lp.close()
+        scope.rmdir()
+        if made_slice:
+            slice_.rmdir()

@@ -57,7 +57,7 @@ def recording_vm_of(name: str = "vm1", vcpu: int = 0):
     """A VM lookup that names every task ``name`` and records what it was asked."""
     asked: list[tuple] = []
 
-    def vm_of(tgid, tid, comm):
+    def vm_of(tgid, tid, comm, cgroup_id=None):
         asked.append((tgid, tid, comm))
         return {"name": name, "tgid": tgid, "vcpu": vcpu, "how": "test"}
     return vm_of, asked

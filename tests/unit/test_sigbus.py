@@ -232,7 +232,7 @@ def test_kvm_hwpoison_sigbus_alone_names_the_vm():
     """A guest touching a page already poisoned: KVM's stage-2 fault sends SIGBUS
     BUS_MCEERR_AR from the vCPU thread to itself; no other event."""
     events, incidents = run([sigbus(10**9, 4250, "CPU 1/KVM", BUS_MCEERR_AR)],
-                            vm_of=lambda tgid, tid, comm: {"name": "vm2", "vcpu": 1})
+                            vm_of=lambda tgid, tid, comm, cgroup_id=None: {"name": "vm2", "vcpu": 1})
     inc = incidents[events[0].incident_id]
     assert inc.kind == "memory_error_sigbus" and inc.containment == "vm_contained"
     assert inc.vm["name"] == "vm2" and "SIGBUS to CPU 1/KVM[4250]" in inc.summary

@@ -298,3 +298,36 @@ def test_real_libvirt_style_cgroup(tmp_path: Path):
             except OSError:
                 time.sleep(0.1)
         slice_dir.rmdir()
+
+
+def _tree_resolver(tmp_path: Path):
+    """A cgroup tree on a plain filesystem: the resolver only needs directory inodes."""
+    from rasd.classify.cgroups import CgroupResolver
+    top = tmp_path / "cg"
+    scope = top / "machine.slice" / "machine-qemu\\x2d3\\x2dweb01.scope"
+    scope.mkdir(parents=True)
+    return CgroupResolver(mounts=[(str(top), "/")]), scope.stat().st_ino
+
+
+def test_gone_vmm_named_by_the_event_cgroup_id(tmp_path: Path):
+    resolver, ino = _tree_resolver(tmp_path)
+    (tmp_path / "proc").mkdir()
+    cache = VmCache(proc=str(tmp_path / "proc"), cgroups=resolver)  # the process is gone
+    vm = cache.lookup(4242, 4243, "CPU 1/KVM", cgroup_id=ino)
+    assert (vm["name"], vm["vcpu"], vm["how"], vm["cgroup_id"]) == \
+        ("web01", 1, "cgroup-id:libvirt-qemu", ino)
+    # an id the hierarchy does not hold: unknown stays unknown (the vCPU from the comm)
+    vm = cache.lookup(4242, 4243, "CPU 1/KVM", cgroup_id=ino + 12345)
+    assert vm["name"] is None and vm["vcpu"] == 1 and "cgroup_id" not in vm
+    assert cache.lookup(4242, 4243, "kworker/0:1", cgroup_id=ino + 12345) is None
+
+
+def test_live_process_is_read_from_proc_not_from_the_cgroup_id(tmp_path: Path):
+    resolver, ino = _tree_resolver(tmp_path)
+    p, tids = _spawn(tmp_path, ["-name", "guest=vm-live", "-machine", "virt"])
+    try:
+        vm = VmCache(cgroups=resolver).lookup(p.pid, tids[0], cgroup_id=ino)
+        assert vm["name"] == "vm-live" and vm["how"] == "cmdline:qemu -name"
+        assert "cgroup_id" not in vm
+    finally:
+        _stop(p)
