@@ -320,7 +320,7 @@ def _brief_event(e: dict) -> dict:
     f = e.get("fields") or {}
     keep = {k: f[k] for k in ("claimed", "result", "origin", "pfn", "flag_names", "action",
                               "page_type", "target_comm", "target_tid", "code_name", "notify",
-                              "exception_index", "had_record") if k in f}
+                              "exception_index", "had_record", "cgroup_id") if k in f}
     out = {"id": e["id"], "kind": e["kind"], "source": e.get("source"),
            "task": e.get("task"), "severity": e.get("severity"), "fields": keep,
            "incident_id": e.get("incident_id"), "vm": e.get("vm")}
@@ -638,6 +638,13 @@ def _part_c(ctx: Ctx, g, rasd: Rasd) -> None:
                           "rasd_events": [_brief_event(e) for e in evs_r],
                           "rasd_incidents": [_brief_incident(i) for i in incs]}
     ctx.note(c=results)
+    # the vCPU thread's cgroup v2 id each KVM record carries is the VM scope's inode:
+    # what names the VM once the VMM has exited (the VMM quits right after this part)
+    ino = int(g.run(f"stat -c %i '{VM_CGROUP}'").text().strip())
+    ids = [e["fields"].get("cgroup_id") for r in results.values() for e in r["rasd_events"]
+           if e["kind"] == "vserror_injected"]
+    ctx.expect(ids and all(i == ino for i in ids),
+               f"vSError records carry the VM scope's cgroup id {ino}: {ids}")
     plain = results["plain"]
     ctx.expect("kvm_inject_vabt" in plain["trace"], f"plain: kvm_inject_vabt: {plain['trace']}")
     kinds = [i["kind"] for i in plain["rasd_incidents"]]
