@@ -156,6 +156,11 @@ def prepare(g) -> None:
     g.run("[ -e /dev/kvm ] || { dmesg | grep -i kvm; exit 1; }")
     g.run("mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; "
           f"mkdir -p '{VM_CGROUP}'")
+    # rasd runs chrooted in /root, whose /sys was bind-mounted at boot, before this
+    # cgroup2 mount: show it there too, as on any systemd host (rasd resolves the KVM
+    # records' cgroup ids through it once a VMM has exited)
+    g.run("! grep -q ' /root ' /proc/mounts || mountpoint -q /root/sys/fs/cgroup || "
+          "mount --bind /sys/fs/cgroup /root/sys/fs/cgroup")
 
 
 def parse_vmm(lines: list[str]) -> dict:
@@ -645,6 +650,7 @@ def _part_c(ctx: Ctx, g, rasd: Rasd) -> None:
            if e["kind"] == "vserror_injected"]
     ctx.expect(ids and all(i == ino for i in ids),
                f"vSError records carry the VM scope's cgroup id {ino}: {ids}")
+    _dead_vmm_named(ctx, rasd, results)
     plain = results["plain"]
     ctx.expect("kvm_inject_vabt" in plain["trace"], f"plain: kvm_inject_vabt: {plain['trace']}")
     kinds = [i["kind"] for i in plain["rasd_incidents"]]
@@ -664,6 +670,29 @@ def _part_c(ctx: Ctx, g, rasd: Rasd) -> None:
     ctx.expect(syn == [hex(0xBE000000 | USER_ESR)],
                f"with ESR: rasd decodes the syndrome the guest saw "
                f"({0xBE000000 | USER_ESR:#x}): {syn}")
+
+
+def _dead_vmm_named(ctx: Ctx, rasd: Rasd, results: dict) -> None:
+    """The VMMs of (c) have exited: rasd's VM lookup, in the daemon's own mount view,
+    must still name the VM from a record's cgroup id (whether the daemon needed that
+    route above depends on how fast it read /proc)."""
+    ev = next((e for r in results.values() for e in r["rasd_events"]
+               if e["fields"].get("cgroup_id")), None)
+    if ev is None:
+        return  # the expectation above failed already
+    prefix = "PYTHONPATH=/rasd " if rasd.how == "checkout" else ""
+    res = rasd.sh(f"""{prefix}python3 - <<'PY'
+import json
+from rasd.classify.vm import VmCache
+print(json.dumps(VmCache().lookup({ev["task"]["tgid"]}, None, "CPU 0/KVM",
+                                  cgroup_id={ev["fields"]["cgroup_id"]})))
+PY""", check=False)
+    lines = res.text().strip().splitlines()
+    vm = json.loads(lines[-1]) if lines and lines[-1].startswith(("{", "null")) else lines
+    ctx.note(dead_vmm_lookup=vm)
+    ctx.expect(isinstance(vm, dict) and vm.get("name") == VM_NAME
+               and vm.get("how") == "cgroup-id:libvirt-qemu",
+               f"an exited VMM's record names {VM_NAME} by its cgroup id: {vm}")
 
 
 # --------------------------------------------------------------------------
