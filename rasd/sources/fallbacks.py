@@ -129,13 +129,18 @@ class KmsgSource:
     def fileno(self) -> int:
         return self.reader.fileno()
 
-    def drain(self, feed: Callable[[Event], Any], flush: bool = False) -> int:
+    def drain(self, feed: Callable[[Event], Any], flush: bool = False,
+              commit: Callable[[], Any] | None = None) -> int:
+        """Feed the RAS events of the records available now; then ``commit()`` (make
+        what was fed durable) before the cursor is saved past those records."""
         found = self.parser.feed_all(self.reader.read())
         if flush:
             found += self.parser.flush()
         for item in found:
             feed(self._event(item))
         self.events += len(found)
+        if found and commit is not None:
+            commit()
         if self.reader.cursor is not None:
             _save_json(self.state_path, self.reader.cursor.as_dict())
         return len(found)
