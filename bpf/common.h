@@ -198,13 +198,13 @@ static __always_inline void rasd_fill_hdr(struct rasd_hdr *h, u16 kind, u16 prob
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
-/* Emit a CALL record; reserve failure is counted, never silent. */
 /* KVM events run in a vCPU thread: its cgroup v2 id (a CALL record's arg3, for every
  * KVM probe) names the VM even when the VMM has exited before rasd reads /proc (one
  * that quits right after a virtual SError, or is killed by the SIGBUS). Taken after
  * each filter: no cost on the VM exits that are dropped. */
 #define RASD_VMM_CGROUP bpf_get_current_cgroup_id()
 
+/* Emit a CALL record; reserve failure is counted, never silent. */
 static __always_inline int rasd_emit_call(u16 probe, u16 flags,
                                           u64 a0, u64 a1, u64 a2, u64 a3, s64 ret,
                                           u64 x0, u64 x1, u64 x2, u64 x3)

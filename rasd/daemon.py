@@ -274,7 +274,8 @@ class Daemon:
         if self.instance is not None:
             self.instance.drain(self.pipeline.feed)
         if self.kmsg is not None:
-            self.kmsg.drain(self.pipeline.feed_event, flush=True, commit=self._commit_store)  # close quiet line groups
+            # close quiet line groups
+            self.kmsg.drain(self.pipeline.feed_event, flush=True, commit=self._commit_store)
         self.assembly.correlator.expire(time.time_ns())
         if self.store is not None:
             self.store.poll()  # commits a quiet tail, runs retention when due

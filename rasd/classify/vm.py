@@ -20,6 +20,8 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from .cgroups import CgroupResolver, cgroup2_mounts
+
 PROC = "/proc"
 
 # ---------------------------------------------------------------- cgroup paths
@@ -424,7 +426,7 @@ class VmCache:
     cannot be ruled out)."""
 
     def __init__(self, max_entries: int = 1024, proc: str = PROC,
-                 cgroups: Any = None) -> None:
+                 cgroups: CgroupResolver | None = None) -> None:
         self.max_entries = max_entries
         self.proc = proc
         self._cache: OrderedDict[int, tuple[int, dict | None]] = OrderedDict()
@@ -468,7 +470,6 @@ class VmCache:
         """The owner the event's cgroup names (the directory outlives the process while
         its manager keeps it), as _identify() gives it from /proc; None if unknown."""
         if self._cgroups is None:
-            from .cgroups import CgroupResolver, cgroup2_mounts
             self._cgroups = CgroupResolver(mounts=cgroup2_mounts())
         path = self._cgroups.path_of(cgroup_id)
         owner = owner_from_cgroup_path(path) if path else None
