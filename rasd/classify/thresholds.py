@@ -80,7 +80,9 @@ class Thresholds:
         self.on_incident = on_incident
         self.max_buckets = max_buckets
         self.cpu_of_mpidr = cpu_of_mpidr
-        self.buckets: OrderedDict[tuple[str, object], Bucket] = OrderedDict()
+        # by "scope:key" text: hashed per event, and a str keeps its hash (a tuple of a
+        # location's items is hashed anew each time)
+        self.buckets: OrderedDict[str, Bucket] = OrderedDict()
         self.tripped: list[Incident] = []
         # this instance's entry in Record.derived (its keys depend on cpu_of_mpidr and
         # its limits); a plain object: hashed per event
@@ -97,23 +99,24 @@ class Thresholds:
         else:
             pairs = self._pairs(event)
         now, buckets = event.wall_ns, self.buckets
-        for bkey, limit in pairs:
+        for name, scope, key, limit in pairs:
             # (inline, not a method per bucket: this runs per corrected event)
-            bucket = buckets.get(bkey)
+            bucket = buckets.get(name)
             if bucket is None:
-                bucket = self._new_bucket(bkey, now)
+                bucket = self._new_bucket(name, now)
             else:
-                buckets.move_to_end(bkey)
+                buckets.move_to_end(name)
             if bucket.add(now, limit):
-                self._trip(*bkey, event)
+                self._trip(scope, key, event)
 
-    def _remember_pairs(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
+    def _remember_pairs(self, event: Event) -> list[tuple[str, str, object, Limit]]:
         pairs = event.cper.derived[self._memo] = self._pairs(event)
         return pairs
 
-    def _pairs(self, event: Event) -> list[tuple[tuple[str, object], Limit]]:
-        """The buckets the event counts in: ((scope, key), the scope's limit) pairs."""
-        return [(bkey, self.limits[bkey[0]]) for bkey in self._read_keys(event)]
+    def _pairs(self, event: Event) -> list[tuple[str, str, object, Limit]]:
+        """The buckets the event counts in: (bucket name, scope, key, the scope's limit)."""
+        return [(f"{scope}:{key!r}", scope, key, self.limits[scope])
+                for scope, key in self._read_keys(event)]
 
     def _read_keys(self, event: Event) -> list[tuple[str, object]]:
         pa, location, mpidr = _where(event)
@@ -133,8 +136,8 @@ class Thresholds:
             keys.append(("cpu", cpu))
         return keys
 
-    def _new_bucket(self, bkey: tuple[str, object], now_ns: int) -> Bucket:
-        bucket = self.buckets[bkey] = Bucket(now_ns)
+    def _new_bucket(self, name: str, now_ns: int) -> Bucket:
+        bucket = self.buckets[name] = Bucket(now_ns)
         if len(self.buckets) > self.max_buckets:
             self.buckets.popitem(last=False)  # forget the least recently seen
         return bucket
