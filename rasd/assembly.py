@@ -45,6 +45,7 @@ class Assembly:
 
 def build(cfg: Config, decoder: EventDecoder, sinks: list[Sink],
           on_incident: Callable[[Incident], None] | None = None,
+          on_count: Callable[[Incident], None] | None = None,
           first_event_id: int = 1, first_incident_id: int = 1,
           blast_radius: Callable[[int], Any] | None = None,
           vm_of: Callable[[int, int, str, int | None], Any] | None = None,
@@ -55,6 +56,7 @@ def build(cfg: Config, decoder: EventDecoder, sinks: list[Sink],
     notify = on_incident or (lambda incident: None)
     correlator = Correlator(window_ns=int(cfg["correlate"]["window_s"] * 10**9), ids=incident_ids,
                             blast_radius=blast_radius, vm_of=vm_of, on_change=notify,
+                            on_count=on_count,
                             netdevs_of=netdevs_of, dimm_of=dimm_of)
     actions = Actions(cfg["actions"]["page_offline"], cfg["actions"]["cpu_offline"],
                       cfg["actions"]["max_pages_per_day"], cfg["actions"]["max_cpu_share"])

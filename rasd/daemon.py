@@ -45,6 +45,10 @@ class StartupError(RuntimeError):
     """rasd cannot run at all (no source of events); the message says why."""
 
 
+def _ignore(*args: Any) -> None:
+    pass
+
+
 def wall_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC: BPF stamps records with the monotonic clock."""
     return time.time_ns() - time.monotonic_ns()
@@ -78,6 +82,8 @@ class Daemon:
         sinks = [self.metrics, LogSink()] + ([self.store] if self.store is not None else [])
         self.assembly = build(cfg, EventDecoder(wall_offset_ns=wall_offset_ns()), sinks,
                               on_incident=self._on_incident,
+                              # a storm's repeats change only counts: the store's business
+                              on_count=self.store.count_incident if self.store else _ignore,
                               first_event_id=self.store.next_event_id if self.store else 1,
                               first_incident_id=self.store.next_incident_id if self.store else 1,
                               **host_lookups())

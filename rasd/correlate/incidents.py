@@ -13,7 +13,8 @@ key — the page, the faulting thread, the CPU, the device — within a time win
 The correlator is a pipeline stage: it sets ``event.incident_id`` and keeps the
 open incidents; ``expire()`` closes those whose window has passed. Listeners
 (``on_change``) hear of every incident that opened or changed: the store and the
-alerting sinks.
+alerting sinks; ``on_count`` (the store) of the events that changed nothing but an
+incident's counts and times (a storm's repeats).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Correlator:
                  blast_radius: Callable[[int], Any] | None = None,
                  vm_of: Callable[[int, int, str, int | None], Any] | None = None,
                  on_change: Callable[[Incident], None] | None = None,
+                 on_count: Callable[[Incident], None] | None = None,
                  netdevs_of: Callable[[str], list] | None = None,
                  dimm_of: Callable[[int], dict | None] | None = None) -> None:
         self.window_ns = window_ns
@@ -67,6 +69,9 @@ class Correlator:
         self.netdevs_of = netdevs_of  # PCI "ssss:bb:dd.f" -> [NetdevInfo]: which NIC it is
         self.dimm_of = dimm_of  # SMBIOS type 17 handle -> {"label", "locator", ...}
         self.on_change = on_change
+        # hears of events that changed nothing but counts and times (_repeat); without
+        # it, on_change hears of those too
+        self.on_count = on_count or on_change
         self.open: dict[int, Incident] = {}
         self.index: dict[str, int] = {}  # key -> open incident id
         self._state: dict[int, _Evidence] = {}
@@ -75,11 +80,16 @@ class Correlator:
         # Closing scans the open incidents: in a storm do it a few times per window,
         # not per event. An incident may then stay open up to window/8 longer.
         self._expire_every_ns = window_ns // 8
+        # this instance's entry in Record.derived: (incident, _details()) of the last
+        # event of that record here (see _repeat)
+        self._memo = object()
 
     # --- the stage ------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
         if event.wall_ns - self._last_expire_ns > self._expire_every_ns:
             self.expire(event.wall_ns)
+        if event.cper is not None and self._repeat(event):
+            return
         keys = event_keys(event)
         if len(keys) == 1:  # the storm's case: one page key, at most one incident
             incident = self.open.get(self.index.get(keys[0]))  # type: ignore[arg-type]
@@ -90,10 +100,32 @@ class Correlator:
                 return
             incident = self._new(event)
         self._add(incident, event, keys)
+        if event.cper is not None:
+            event.cper.derived[self._memo] = (incident, _details(event))
         if event.kind in MEMORY_FAILURE_KINDS:
             self._forget_key(incident.id, _worker_key(event))
         if self.on_change is not None:
             self.on_change(incident)
+
+    def _repeat(self, event: Event) -> bool:
+        """A corrected-error storm is mostly one record again and again: the same decoded
+        record (the decode stage shares one Record among byte-identical blocks), kind,
+        classification, task and fields as the record's last event here. Such an event
+        has that event's keys, so it joins the same incident while that is open (closed
+        and merged ones are not), and it can change nothing there but counts and times:
+        no keys, absorbing, locating or attributing."""
+        seen = event.cper.derived.get(self._memo)
+        if seen is None:
+            return False
+        incident, details = seen
+        # (_details(event) written out: this runs per event)
+        if incident.closed or details != (event.kind, event.severity, event.containment,
+                                          event.reason, event.task, event.fields):
+            return False
+        self._count(incident, event)
+        if self.on_count is not None:
+            self.on_count(incident)
+        return True
 
     def _forget_key(self, incident_id: int, key: str | None) -> None:
         """A single-use key: a kernel worker's next memory_failure is another fault."""
@@ -157,6 +189,23 @@ class Correlator:
         return incident
 
     def _add(self, incident: Incident, event: Event, keys: list[str]) -> None:
+        self._count(incident, event)
+        index = self.index
+        for key in keys:
+            if key not in index:
+                index[key] = incident.id
+                self._keys.setdefault(incident.id, []).append(key)
+        if not incident.key:
+            incident.key = keys[0]
+        evidence = self._state[incident.id]
+        evidence.absorb(event)
+        self._locate(incident, event)
+        self._attribute(incident, event)
+        evidence.settle(incident)
+
+    @staticmethod
+    def _count(incident: Incident, event: Event) -> None:
+        """The event is the incident's: its id, kind and time (what every event adds)."""
         event.incident_id = incident.id
         # Incident.add_member(event.id, event.kind) written out: this runs per event
         if event.id is not None and len(incident.event_ids) < MAX_EVENT_IDS:
@@ -168,20 +217,6 @@ class Correlator:
             incident.first_wall_ns = wall
         if wall > incident.last_wall_ns:
             incident.last_wall_ns = wall
-        index = self.index
-        for key in keys:
-            if key not in index:
-                index[key] = incident.id
-                self._keys.setdefault(incident.id, []).append(key)
-        if not incident.key:
-            incident.key = keys[0]
-        evidence = self._state[incident.id]
-        if evidence.repeats(event):
-            return  # the same record again: it can change nothing below
-        evidence.absorb(event)
-        self._locate(incident, event)
-        self._attribute(incident, event)
-        evidence.settle(incident)
 
     def _locate(self, incident: Incident, event: Event) -> None:
         pa, location, mpidr = _where(event)
@@ -232,10 +267,10 @@ class Correlator:
 
 
 def _details(event: Event) -> tuple:
-    """What repeats() compares besides the record. The task is compared as itself: the
-    decode stage hands equal tasks out as one object, which == takes without calling
-    Task's __eq__ (which compares the values, as it does for tasks from elsewhere).
-    _Evidence.repeats() builds the same tuple itself."""
+    """What Correlator._repeat() compares besides the record. The task is compared as
+    itself: the decode stage hands equal tasks out as one object, which == takes without
+    calling Task's __eq__ (which compares the values, as it does for tasks from
+    elsewhere). _repeat() builds the same tuple itself."""
     return (event.kind, event.severity, event.containment, event.reason, event.task,
             event.fields)
 
@@ -257,20 +292,6 @@ class _Evidence:
         self.sigbus: list[str] = []  # "SIGBUS to comm[tid] (code)", for the summary
         self.mceerr = False  # a SIGBUS BUS_MCEERR_* is among the events
         self.summary_inputs: tuple | None = None  # what the incident's summary was made from
-        # the last CPER event absorbed: its record and what else repeats() compares
-        self.last_record: Any = None
-        self.last_details: tuple | None = None
-
-    def repeats(self, event: Event) -> bool:
-        """Whether the event is its incident's last CPER event again: the same decoded
-        record (the decode stage shares one Record among byte-identical blocks), kind,
-        classification, task and fields. Absorbing, locating and attributing it again
-        would change nothing, and a corrected-error storm is mostly such repeats."""
-        last = self.last_record
-        # (_details(event) written out: this runs per event)
-        return event.cper is last and last is not None and self.last_details == (
-            event.kind, event.severity, event.containment, event.reason, event.task,
-            event.fields)
 
     def merge(self, other: "_Evidence") -> None:
         for name in ("cper", "esr", "other"):
@@ -311,8 +332,6 @@ class _Evidence:
             self.unlocatable = True
         if event.reason and event.reason not in self.reasons[-8:]:  # a storm repeats one
             self.reasons.append(event.reason)
-        if event.cper is not None:  # holding the record keeps `is` in repeats() sound
-            self.last_record, self.last_details = event.cper, _details(event)
         if event.kind == ev.SIGBUS:
             f = event.fields
             note = f"SIGBUS to {f.get('target_comm')}[{f.get('target_tid')}] " \

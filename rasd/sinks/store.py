@@ -33,7 +33,9 @@ Design, and why:
   ~1.6 kB of the ~2.1 kB each event took.
 - **Incidents without a row per event.** An open incident whose state did not change
   is rewritten at most every INCIDENT_REWRITE_S; ``incident_events`` gets only the
-  members an event row does not already name (merges, predictive incidents).
+  members an event row does not already name (merges, predictive incidents). The
+  correlator says which events only counted (``count_incident``: a storm's repeats),
+  so those cost a dict entry, not a look at the incident per batch.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -459,6 +461,19 @@ class _Batch:
     vms: dict[int, str]  # incident id -> VM name
     closed: list[int]
     full: bool = False  # committed because it filled up (a storm: more follow at once)
+    # what booking its answer needs (kept when the rows are shed)
+    n_rows: int = field(init=False)
+    n_incidents: int = field(init=False)
+    last_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_rows, self.n_incidents = len(self.rows), len(self.incident_rows)
+        self.last_id = max(map(_ROW_ID, self.rows)) if self.rows else 0
+
+    def shed(self) -> None:
+        """The writer process has the rows: drop the daemon's copy while the batch waits
+        for its answer (up to MAX_IN_FLIGHT of them)."""
+        self.rows, self.incident_rows, self.members = [], [], []
 
 
 class Store:
@@ -500,6 +515,8 @@ class Store:
         self._lock = threading.RLock()  # handle() vs the background flusher
         self._rows: list[tuple] = []
         self._incidents: dict[int, Incident] = {}
+        self._counted: dict[int, Incident] = {}  # gained events only (count_incident)
+        self._next_counted_s = clock() + INCIDENT_REWRITE_S  # the counted ones: next rewrite
         self._members_written: dict[int, int] = {}  # incident id -> event_ids already written
         self._vm_by_incident: dict[int, str] = {}
         self._incident_written: dict[int, tuple[float, tuple]] = {}  # id -> (when, _state_of)
@@ -695,6 +712,23 @@ class Store:
                 self._wake.set()  # the flusher sleeps until a batch starts
             self._incidents[incident.id] = incident
 
+    def count_incident(self, incident: Incident) -> None:
+        """An incident gained an event that changed nothing but its counts and times (the
+        correlator's ``on_count``: a storm's repeats). That event's row names the
+        incident, so it needs no membership row; the incident's row is rewritten with
+        the counted ones every INCIDENT_REWRITE_S (or with its next real change)."""
+        if self._incidents.get(incident.id) is incident:
+            return  # pending in full already: that write books it (see save_incident)
+        with self._lock:
+            iid, n = incident.id, len(incident.event_ids)
+            written = self._members_written
+            if written.get(iid) == n - 1:  # all before it booked: so is this one, by its row
+                written[iid] = n
+            if not self._rows and not self._incidents and not self._counted:
+                self._batch_started = self.clock()
+                self._wake.set()
+            self._counted[iid] = incident
+
     def flush(self) -> None:
         with self._lock:
             self._commit()
@@ -705,7 +739,7 @@ class Store:
         with self._lock:
             if self._batch_due():
                 self._commit(force=False)
-                if self._incidents:  # rewrites held back: come back for them
+                if self._incidents or self._counted:  # rewrites held back: come back
                     self._batch_started = self.clock()
                     self._wake.set()
                 # a quiet tail (a storm fills batches by size first): the writer is
@@ -749,7 +783,7 @@ class Store:
                 log.exception("store flusher")
 
     def _batch_due(self) -> bool:
-        pending = self._rows or self._incidents
+        pending = self._rows or self._incidents or self._counted
         return bool(pending) and self.clock() - self._batch_started >= self.batch_s
 
     # --- commit -------------------------------------------------------------------------------
@@ -757,12 +791,13 @@ class Store:
         """Write what is pending. ``force=False`` (a batch filled up or came due) may hold
         back rewrites of open incidents (see _due_incidents); flush/close write all."""
         rows, incidents, row_incident = self._rows, self._incidents, self._row_incident
-        if not rows and not incidents:
+        now = self.clock()
+        counted = self._counted_due(incidents, now, force)
+        if not rows and not incidents and not counted:
             if force:
                 self._collect(keep=0)
             return
         self._rows, self._row_incident = [], {}
-        now = self.clock()
         members = self._pending_members(incidents, row_incident)  # of all pending incidents
         if force:
             due, self._incidents = incidents, {}
@@ -770,11 +805,24 @@ class Store:
             due = self._due_incidents(incidents, now)
             for iid in due:  # the others stay pending (held back)
                 del incidents[iid]
+        due.update(counted)
         batch = self._prepare(rows, members, due, now)
         batch.full = not force and len(rows) >= self.batch_events
         self._store_batch(batch)
         if force:
             self._collect(keep=0)  # flush, close, retention: what was handed over is in
+
+    def _counted_due(self, incidents: dict[int, Incident], now: float, force: bool
+                     ) -> dict[int, Incident]:
+        """The incidents that only counted (count_incident) to rewrite now: all of them,
+        every INCIDENT_REWRITE_S and at flush/close; one also pending in full goes (or
+        waits) with that."""
+        counted = self._counted
+        if not counted or (not force and now < self._next_counted_s):
+            return {}
+        self._next_counted_s = now + INCIDENT_REWRITE_S
+        self._counted = {}
+        return {iid: inc for iid, inc in counted.items() if iid not in incidents}
 
     def _due_incidents(self, incidents: dict[int, Incident], now: float) -> dict[int, Incident]:
         """The incidents to write now. In a storm every event changes its incident (last
@@ -828,7 +876,7 @@ class Store:
         if self.conn is None:
             self._collect(keep=0)  # what is in flight fails or lands before the reopen
             if not self._reopen():
-                self._lose(len(batch.rows), self._failing or "store unavailable")
+                self._lose(batch.n_rows, self._failing or "store unavailable")
                 return
         if self.writer == "process" and self._writer is None:
             self._point_writer()  # started with the first batch: not on the way to READY
@@ -839,7 +887,7 @@ class Store:
             self._write(batch)
         except (sqlite3.Error, OSError) as exc:
             self._write_failed(_failure_reason(exc), isinstance(exc, sqlite3.DatabaseError)
-                               and _is_corruption(exc), len(batch.rows))
+                               and _is_corruption(exc), batch.n_rows)
             return
         self._written(batch)
 
@@ -868,6 +916,7 @@ class Store:
             self._in_flight.append(batch)
             self._collect(keep=0)
             return
+        batch.shed()
         self._in_flight.append(batch)
         self._collect(keep=MAX_IN_FLIGHT - 1)  # blocks only when that many are unanswered
 
@@ -883,7 +932,7 @@ class Store:
             if reply[0] == "ok":
                 self._written(batch)
             else:
-                self._write_failed(reply[1], reply[2], len(batch.rows))
+                self._write_failed(reply[1], reply[2], batch.n_rows)
         if not alive:
             self._writer_died()
 
@@ -891,7 +940,7 @@ class Store:
         """Lose (count) what it had not answered; start another, or write inline from
         now on if this one never answered anything (it cannot start here at all)."""
         for batch in self._in_flight:
-            self._lose(len(batch.rows), "store writer process exited")
+            self._lose(batch.n_rows, "store writer process exited")
         self._in_flight.clear()
         dead, self._writer = self._writer, None
         self.writer_waited_s += dead.waited_s
@@ -906,10 +955,10 @@ class Store:
     def _written(self, b: "_Batch") -> None:
         c = self.counters
         c.commits += 1
-        c.committed_events += len(b.rows)
-        c.committed_incidents += len(b.incident_rows)
-        if b.rows:
-            c.last_committed_event_id = max(c.last_committed_event_id, max(map(_ROW_ID, b.rows)))
+        c.committed_events += b.n_rows
+        c.committed_incidents += b.n_incidents
+        if b.last_id > c.last_committed_event_id:
+            c.last_committed_event_id = b.last_id
         self._vm_by_incident.update(b.vms)
         for iid in b.closed:  # no more members will come: keep the bookkeeping bounded
             self._members_written.pop(iid, None)

@@ -308,3 +308,42 @@ def test_a_long_storm_keeps_incident_memory_bounded():
     assert inc.event_count == n and inc.kind_counts == {"ghes": n}
     assert inc.event_ids == [e.id for e in events[:MAX_EVENT_IDS]]
     assert inc.to_dict()["event_count"] == n
+
+
+def test_a_storm_s_repeats_only_count_and_are_heard_by_on_count():
+    """One record again and again (the decode stage shares its Record): after the first,
+    each event joins the same incident through the repeat path, which tells on_count,
+    not on_change. A record that differs, the same record after the incident closed, or
+    the same record with other fields takes the full path."""
+    changes, counts = [], []
+    corr = Correlator(window_ns=2000 * MS, on_change=changes.append, on_count=counts.append)
+    p = Pipeline(EventDecoder(), stages=[classify, corr])
+    clk = Clock()
+    hot = mem_block(0x8_0000_1000, 2, node=0, module=1)
+    events = [p.feed(ghes(clk(), hot, notify_type=0)) for _ in range(5)]
+    inc = corr.open[events[0].incident_id]
+    assert {e.incident_id for e in events} == {inc.id}
+    assert changes == [inc] and counts == [inc] * 4  # opened once, then counted
+    assert inc.event_count == 5 and inc.event_ids == [e.id for e in events]
+    assert (inc.first_wall_ns, inc.last_wall_ns) == (events[0].wall_ns, events[-1].wall_ns)
+
+    other = p.feed(ghes(clk(), mem_block(0x8_0000_2000, 2, node=0, module=1), notify_type=0))
+    assert other.incident_id != inc.id and changes[-1].id == other.incident_id
+    sea = p.feed(ghes(clk(), hot, notify_type=8))  # same bytes, SEA-notified: other fields
+    assert sea.incident_id == inc.id and changes[-1] is inc and len(counts) == 4
+
+    corr.expire(clk(5000))  # the window passed: closed
+    assert inc.closed
+    again = p.feed(ghes(clk(), hot, notify_type=0))
+    assert again.incident_id not in (None, inc.id) and changes[-1].id == again.incident_id
+
+
+def test_without_on_count_on_change_hears_of_repeats_too():
+    changes = []
+    corr = Correlator(on_change=changes.append)
+    p = Pipeline(EventDecoder(), stages=[classify, corr])
+    clk = Clock()
+    hot = mem_block(0x8_0000_1000, 2, node=0, module=1)
+    for _ in range(3):
+        p.feed(ghes(clk(), hot, notify_type=0))
+    assert len(changes) == 3 and len(set(map(id, changes))) == 1

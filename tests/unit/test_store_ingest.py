@@ -229,6 +229,70 @@ def test_an_unchanged_open_incident_is_rewritten_at_most_every_interval(db: Path
     s.close()
 
 
+def test_counted_incidents_are_rewritten_every_interval_and_need_no_member_rows(db: Path
+                                                                                ) -> None:
+    """The correlator's repeats reach the store as count_incident: the incident's row
+    catches up every INCIDENT_REWRITE_S (and at flush), and the counted events, whose
+    rows name the incident, get no incident_events row, not even when the incident
+    later changes for real."""
+    clock = Clock()
+    s = Store(db, batch_events=2, clock=clock)
+    inc = Incident("corrected_memory", "page:0x1", T0, T0, severity="corrected",
+                   id=s.next_incident_id)  # numbered, as the correlator's are
+
+    def one_more(t: int, counted: bool = True) -> None:
+        e = ce(t, BASE_PA)
+        e.id, e.incident_id = s.next_event_id, inc.id
+        inc.add_member(e.id, e.kind)
+        inc.last_wall_ns = e.wall_ns
+        (s.count_incident if counted else s.save_incident)(inc)
+        s.handle(e)
+
+    one_more(0, counted=False)  # opened: saved in full
+    one_more(1)  # counted while pending in full: that write has it
+    assert stored_incident(db, inc.id)["event_count"] == 2
+    for t in range(2, 6):
+        one_more(t)  # two batches, 0 s later: the row waits
+    assert stored_incident(db, inc.id)["event_count"] == 2
+    clock.t += store_mod.INCIDENT_REWRITE_S
+    one_more(6)
+    one_more(7)  # the interval passed: the counted incident is rewritten
+    assert stored_incident(db, inc.id)["event_count"] == 8
+    one_more(8)
+    inc.severity = "recoverable"
+    one_more(9, counted=False)  # a real change: written at once
+    row = stored_incident(db, inc.id)
+    assert (row["severity"], row["event_count"]) == ("recoverable", 10)
+    one_more(10)
+    s.flush()  # flush writes the counted ones too
+    assert stored_incident(db, inc.id)["event_count"] == 11
+    s.close()
+    r = StoreReader(db)
+    assert [tuple(m) for m in r.conn.execute("SELECT * FROM incident_events")] == []
+    assert [e["id"] for e in r.incident_events(inc.id)] == list(range(1, 12))
+
+
+def test_a_storm_through_the_pipeline_stores_its_incident_whole(db: Path) -> None:
+    """The daemon's wiring (on_count = the store's count_incident): a storm on one page
+    ends as one incident row with every event counted and named."""
+    s = Store(db, batch_events=7)
+    asm = build(config.defaults(), EventDecoder(), [s], on_incident=s.save_incident,
+                on_count=s.count_incident, first_event_id=s.next_event_id,
+                first_incident_id=s.next_incident_id)
+    raw = block(BASE_PA)
+    for i in range(100):
+        asm.pipeline.feed(ghes_record(raw, T0 + i * 1000))
+    asm.correlator.expire(2**63 - 1)
+    asm.pipeline.close()
+    r = StoreReader(db)
+    (iid, count, closed), = r.conn.execute("SELECT id, event_count, closed FROM incidents "
+                                          "WHERE kind = 'corrected_memory'").fetchall()
+    assert (count, closed) == (100, 1)
+    assert len(r.incident_events(iid)) == 100
+    assert r.conn.execute("SELECT COUNT(*) FROM incident_events WHERE incident_id = ?",
+                          (iid,)).fetchone()[0] == 0
+
+
 def test_members_the_event_rows_name_are_not_written_twice(db: Path) -> None:
     s = Store(db)
     inc = Incident("corrected_memory", "page:0x1", T0, T0)
