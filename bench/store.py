@@ -89,14 +89,15 @@ def storm(n: int, pages: int, t0: int, chains: int = 5):
     blocks = page_blocks(pages)
     every = max(1, n // (chains + 1))
     step = 10**9 // STORM_RATE
+    swapper = Task(0, 0, "swapper/0")
     for i in range(n):
         t = t0 + i * step
         if i and i % every == 0:
             yield from uncorrected_chain(t, i // every)
         block, rec = blocks[i % pages]
-        # (positional: kind, source, wall_ns, mono_ns, cpu, task, fields, raw, cper; a
-        # fresh task and fields per event, as the decode stage makes them)
-        yield Event("ghes", "ghes_do_proc", t, t - t0, i % 2, Task(0, 0, "swapper/0"),
+        # (positional: kind, source, wall_ns, mono_ns, cpu, task, fields, raw, cper; as
+        # the decode stage makes them: fresh fields, one shared Task per thread)
+        yield Event("ghes", "ghes_do_proc", t, t - t0, i % 2, swapper,
                     {"notify": "sea", "notify_type": 8}, block, rec)
 
 
@@ -157,6 +158,7 @@ def ingest_replay(db: Path, n: int, pages: int, batch: int, writer: str,
     metrics = Metrics()
     asm = build(cfg, EventDecoder(), [metrics, store],
                 on_incident=lambda i: (store.save_incident(i), metrics.incident(i)),
+                on_count=store.count_incident,
                 first_event_id=store.next_event_id, first_incident_id=store.next_incident_id)
     t0 = time.time_ns() - 3 * 3600 * 10**9
     count = 0
@@ -182,7 +184,7 @@ def ingest_pipeline(db: Path, n: int, pages: int, batch: int, writer: str) -> tu
     cfg = config_mod.defaults()
     store = Store(db, batch_events=batch, batch_ms=200, writer=writer)
     asm = build(cfg, EventDecoder(), [store], on_incident=store.save_incident,
-                first_event_id=store.next_event_id, first_incident_id=store.next_incident_id)
+                on_count=store.count_incident, first_event_id=store.next_event_id, first_incident_id=store.next_incident_id)
     t0 = time.time_ns() - 3600 * 10**9
     count = 0
     for event in storm(n, pages, t0):
