@@ -388,20 +388,61 @@ class DecodedText:
 
 
 def event_row(event: Event, vm: str | None, decoded: Callable[[Event], str] | None = None
-              ) -> tuple:
-    """The events table row (EVENT_COLUMNS); ``decoded`` gives the JSON text (default:
-    event_decoded() encoded)."""
-    task, severity = event.task, event.severity
-    pfn, phys, location = where_in_memory(event)
-    text = decoded(event) if decoded is not None else _dumps(event_decoded(event))
+              ) -> tuple[tuple, tuple]:
+    """The events table row as (head, tail) (store_writer.ROW_HEAD, ROW_TAIL);
+    ``decoded`` gives the JSON text (default: event_decoded() encoded)."""
+    return row_head(event, vm), row_tail(event, decoded)
+
+
+def row_head(event: Event, vm: str | None) -> tuple:
+    """What each event has of its own: id, times, CPU, task, incident, VM."""
+    task = event.task
     if task is None:
         tgid = tid = comm = None
     else:
         tgid, tid, comm = task.tgid, task.tid, task.comm
-    return (event.id, event.kind, event.source, event.wall_ns, event.mono_ns, event.cpu,
-            tgid, tid, comm, severity, SEVERITY_RANK.get(severity), event.containment,
-            event.reason, event.incident_id, vm, pfn, phys, location, text,
-            event.raw or None, event.decode_error)
+    return (event.id, event.wall_ns, event.mono_ns, event.cpu, tgid, tid, comm,
+            event.incident_id, vm)
+
+
+def row_tail(event: Event, decoded: Callable[[Event], str] | None = None) -> tuple:
+    """What a storm's events of one record share: kind, classification, place, decoded
+    text, raw bytes, decode error."""
+    severity = event.severity
+    pfn, phys, location = where_in_memory(event)
+    text = decoded(event) if decoded is not None else _dumps(event_decoded(event))
+    return (event.kind, event.source, severity, SEVERITY_RANK.get(severity),
+            event.containment, event.reason, pfn, phys, location, text, event.raw or None,
+            event.decode_error)
+
+
+class EventRows:
+    """event_row() for the store's events, the tail made once per CPER record: a
+    storm's events of one record share it (their decoded record is one object, see
+    the decode stage's CperCache) while what it is made of is the same. That is
+    checked per event, cheaply: the classification strings by identity (the verdict
+    is remembered per record, so repeats hand out the same strings; a string equal but
+    not identical only makes the tail again), the fields, kind and raw bytes by value."""
+
+    def __init__(self) -> None:
+        self.decoded = DecodedText()
+        self._memo = object()  # this instance's entry in Record.derived
+
+    def __call__(self, event: Event, vm: str | None) -> tuple[tuple, tuple]:
+        rec = event.cper
+        if rec is None or event.esr is not None or event.decode_error is not None:
+            return row_head(event, vm), row_tail(event, self.decoded)
+        seen = rec.derived.get(self._memo)
+        # (the checks as one expression: this runs per event)
+        if seen is None or not (seen[0] is event.severity and seen[1] is event.reason and
+                                seen[2] is event.containment and seen[3] == event.kind and
+                                seen[4] == event.source and seen[5] == event.truncated and
+                                seen[6] == event.fields and seen[7] == event.raw):
+            tail = row_tail(event, self.decoded)
+            rec.derived[self._memo] = seen = (
+                event.severity, event.reason, event.containment, event.kind, event.source,
+                event.truncated, dict(event.fields), event.raw, tail)
+        return row_head(event, vm), seen[8]
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -420,7 +461,8 @@ def incident_row(inc: Incident) -> tuple:
             _dumps(list(inc.sections)) if inc.sections else None)
 
 
-_ROW_ID = operator.itemgetter(0)  # an event row's id
+def _row_id(row: tuple[tuple, tuple]) -> int:
+    return row[0][0]
 
 # How often an open incident whose state did not change is rewritten (_due_incidents).
 INCIDENT_REWRITE_S = 1.0
@@ -468,7 +510,7 @@ class _Batch:
 
     def __post_init__(self) -> None:
         self.n_rows, self.n_incidents = len(self.rows), len(self.incident_rows)
-        self.last_id = max(map(_ROW_ID, self.rows)) if self.rows else 0
+        self.last_id = max(map(_row_id, self.rows)) if self.rows else 0
 
     def shed(self) -> None:
         """The writer process has the rows: drop the daemon's copy while the batch waits
@@ -521,7 +563,7 @@ class Store:
         self._vm_by_incident: dict[int, str] = {}
         self._incident_written: dict[int, tuple[float, tuple]] = {}  # id -> (when, _state_of)
         self._row_incident: dict[int, int] = {}  # event id -> incident id, for pending rows
-        self._decoded_text = DecodedText()
+        self._event_row = EventRows()
         self._batch_started = 0.0
         self._failing: str | None = None  # the reason writes fail, while they do
         self._lost_since_alert = 0
@@ -664,7 +706,7 @@ class Store:
             if not rows:
                 self._batch_started = self.clock()
                 self._wake.set()  # the flusher sleeps until a batch starts
-            rows.append(event_row(event, vm, self._decoded_text))
+            rows.append(self._event_row(event, vm))
             if iid is not None:
                 self._row_incident[eid] = iid
             # full, or due (_batch_due(), inline: rows are pending)
@@ -682,13 +724,14 @@ class Store:
     def _renumber_row(self, row: tuple) -> tuple:
         """A row numbered while the file could not be opened, now that its ids are
         known."""
-        old = row[0]
+        head, tail = row
+        old = head[0]
         if old >= self._id_floor:
             return row
         self._renumber_alert(old)
         new = self.next_event_id
         self.next_event_id += 1
-        return (new, *row[1:])
+        return (new, *head[1:]), tail
 
     def _renumber_alert(self, old: int) -> None:
         if not self._renumbered:

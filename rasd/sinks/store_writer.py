@@ -24,7 +24,8 @@ Why it keeps the store's promises:
 Protocol on stdin/stdout: frames of a 1-byte codec tag (``M`` marshal, ``P``
 pickle for values marshal cannot carry), a 4-byte little-endian length and the
 payload. Requests: ``("open", path)``, ``("batch", rows, incident_rows, members,
-vms, full)`` (``full``: the daemon sent it because it filled up; may be left out).
+vms, full)`` (rows as (head, tail), see ROW_HEAD; ``full``: the daemon sent it because
+it filled up; may be left out).
 Replies, one per batch, in order: ``("ok",)`` or ``("error", reason, corrupt)``.
 
     python -m rasd.sinks.store_writer PID  # started by Store(..., writer="process")
@@ -63,9 +64,13 @@ MAX_IN_FLIGHT = 64
 PIPE_BYTES = 8 << 20  # the request pipe's size, when allowed (see _grow_pipe)
 _FRAME = struct.Struct("<cI")
 
-EVENT_COLUMNS = ("id", "kind", "source", "wall_ns", "mono_ns", "cpu", "tgid", "tid", "comm",
-                 "severity", "sev_rank", "containment", "reason", "incident_id", "vm", "pfn",
-                 "phys_addr", "location", "decoded", "raw", "decode_error")
+# An event row is (head, tail): what each event has of its own, then what a storm's
+# events of one record share (the daemon makes that tuple once per record, see
+# store.EventRows). The INSERT takes the two flattened, in this column order.
+ROW_HEAD = ("id", "wall_ns", "mono_ns", "cpu", "tgid", "tid", "comm", "incident_id", "vm")
+ROW_TAIL = ("kind", "source", "severity", "sev_rank", "containment", "reason", "pfn",
+            "phys_addr", "location", "decoded", "raw", "decode_error")
+EVENT_COLUMNS = ROW_HEAD + ROW_TAIL
 INCIDENT_COLUMNS = ("id", "kind", "key", "first_wall_ns", "last_wall_ns", "severity", "sev_rank",
                     "containment", "summary", "pfn", "phys_addr", "location", "cpu", "mpidr",
                     "vm", "vm_name", "blast_radius", "disagreements", "event_kinds",
@@ -98,9 +103,11 @@ def set_writer_pragmas(conn: sqlite3.Connection) -> None:
 def rollup_counts(rows: list) -> Counter:
     """Rows per rollup key: (minute, kind, sev_rank, cpu, location, pfn) of an event row,
     NULL as -1 / '' (event_counts' primary key)."""
-    return Counter([(r[3] // MINUTE_NS, r[1], -1 if r[10] is None else r[10],
-                     -1 if r[5] is None else r[5], r[17] or "", -1 if r[15] is None else r[15])
-                    for r in rows])
+    # head: id, wall_ns, mono_ns, cpu...; tail: kind, source, severity, sev_rank,
+    # containment, reason, pfn, phys_addr, location...
+    return Counter([(h[1] // MINUTE_NS, t[0], -1 if t[3] is None else t[3],
+                     -1 if h[3] is None else h[3], t[8] or "", -1 if t[6] is None else t[6])
+                    for h, t in rows])
 
 
 def write_batch(conn: sqlite3.Connection, rows: list, incident_rows: list, members: list,
@@ -152,8 +159,10 @@ def _insert_chunked(conn: sqlite3.Connection, rows: list, verb: str) -> None:
     for size in INSERT_CHUNKS:
         end = start + (len(rows) - start) // size * size
         if end > start:
+            # each row's head and tail, flattened in C: (head, tail) -> head..., tail...
             conn.executemany(_insert_sql(verb, size), [
-                list(chain.from_iterable(rows[i:i + size])) for i in range(start, end, size)])
+                list(chain.from_iterable(chain.from_iterable(rows[i:i + size])))
+                for i in range(start, end, size)])
             start = end
 
 

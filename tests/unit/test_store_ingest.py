@@ -465,8 +465,8 @@ def test_an_orphaned_writer_writes_nothing_more(db: Path) -> None:
 
     Store(db).close()  # a store with its schema
     rows = [store_mod.event_row(ce(i, BASE_PA), None) for i in range(3)]
-    for i, row in enumerate(rows):
-        rows[i] = (i + 1, *row[1:])
+    for i, (head, tail) in enumerate(rows):
+        rows[i] = (i + 1, *head[1:]), tail
 
     def serve(parent: int) -> bytes:
         r, w = os.pipe()
@@ -520,8 +520,9 @@ def test_insert_events_leaves_what_insert_or_replace_left(tmp_path: Path) -> Non
     from rasd.sinks import store_writer as sw
 
     def row(eid: int, tag: str) -> tuple:
-        r = store_mod.event_row(ce(eid, BASE_PA), None)
-        return (eid, *r[1:12], f"{r[12]} {tag}", *r[13:])
+        head, tail = store_mod.event_row(ce(eid, BASE_PA), None)
+        reason = sw.ROW_TAIL.index("reason")
+        return (eid, *head[1:]), (*tail[:reason], f"{tail[reason]} {tag}", *tail[reason + 1:])
 
     batches = [[row(i, "a") for i in range(1, 124)],  # 100 + 2 x 10 + 3 rows
                [row(i, "b") for i in range(120, 135)] + [row(130, "c")],  # taken ids
@@ -538,7 +539,7 @@ def test_insert_events_leaves_what_insert_or_replace_left(tmp_path: Path) -> Non
             if how == "chunked":
                 sw.insert_events(conn, rows)
             else:
-                conn.executemany(replace, rows)
+                conn.executemany(replace, [head + tail for head, tail in rows])
             conn.execute("COMMIT")
         dumps.append(conn.execute("SELECT * FROM events ORDER BY id").fetchall())
         conn.close()
