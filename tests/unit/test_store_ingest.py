@@ -328,6 +328,34 @@ def test_the_decoded_text_of_ghes_events_is_shared_only_when_it_is_the_same() ->
 
 
 
+def test_a_record_s_events_share_their_row_tail_only_while_it_is_the_same() -> None:
+    """EventRows makes the tail once per record; an event of that record that differs in
+    anything the tail holds (classification, fields, raw bytes, kind) gets its own, and
+    every row equals what event_row() makes from scratch."""
+    from rasd.classify.severity import classify
+
+    shared: dict = {}
+    rows = store_mod.EventRows()
+    first, again = classify(ce(0, BASE_PA, shared)), classify(ce(1, BASE_PA, shared))
+    assert first.cper is again.cper and first.raw is not again.raw  # one record, own bytes
+    other_fields = classify(ce(2, BASE_PA, shared))
+    other_fields.fields["source_id"] = 7
+    reclassified = classify(ce(3, BASE_PA, shared))
+    reclassified.severity = "recoverable"
+    other_raw = classify(ce(4, BASE_PA, shared))
+    other_raw.raw = other_raw.raw + b"\0"  # (a record its raw no longer gives)
+    seen = []
+    for e in (first, again, other_fields, reclassified, other_raw, again):
+        head, tail = rows(e, None)
+        assert (head, tail) == store_mod.event_row(e, None)
+        assert head[0] == e.id and head[1] == e.wall_ns
+        seen.append(tail)
+    assert seen[1] is seen[0]  # the storm's case: one tail
+    assert all(t is not seen[0] for t in seen[2:5])
+    assert seen[2][9] != seen[0][9]  # its own decoded text (tail[9])
+    assert seen[3][2] == "recoverable" and seen[4][10].endswith(b"\0")
+
+
 def test_the_decoded_text_follows_the_order_and_values_of_the_fields() -> None:
     """The last text is reused only for equal fields in the same order (JSON keeps it)."""
     text = store_mod.DecodedText()
