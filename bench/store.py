@@ -220,7 +220,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--pages", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=config_mod.defaults()["store"]["batch_events"],
+                    help="events per store batch (default: the daemon's)")
     ap.add_argument("--mode", choices=("pipeline", "replay", "store"), default="pipeline")
     ap.add_argument("--writer", choices=("process", "inline"), default="process",
                     help="SQLite writes in a child process (the daemon's default) or inline")

@@ -128,7 +128,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, "keep events and incidents in the SQLite store"),
         "path": Key(str, "", "store file; empty: rasd.db in daemon.state_dir "
                     "(/var/lib/rasd/rasd.db)"),
-        "batch_events": Key(int, 1000, "commit when this many events are pending", _positive),
+        "batch_events": Key(int, 4000, "commit when this many events are pending", _positive),
         "batch_ms": Key(int, 200, "commit pending events at least this often (ms)", _positive),
         "retention_days": Key((int, float), 90, "delete events older than this; 0: keep all",
                               _not_negative),

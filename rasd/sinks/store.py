@@ -530,7 +530,7 @@ class Store:
     ``status()`` gives the counters (``lost_events``...) and recent ``alerts``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, batch_events: int = 1000,
+    def __init__(self, path: str | os.PathLike, *, batch_events: int = 4000,
                  batch_ms: float = 200, retention_days: float = 0, max_size_mb: float = 0,
                  retention_interval_s: float = 600, background: bool = False,
                  integrity_check: str = "always",

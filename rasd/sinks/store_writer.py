@@ -55,12 +55,13 @@ from typing import Any, BinaryIO
 MINUTE_NS = 60 * 10**9
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
 # Batches sent and not yet answered, at most: bounds memory in the writer, which reads
-# them ahead (64 x 1,000 rows: ~+50 MB; the daemon keeps only their counts). Room for a
+# them ahead (24 x 4,000 rows: ~+40 MB; the daemon keeps only their counts). Room for a
 # group being written (GROUP_BATCHES), a WAL checkpoint's fsync, and the two processes
-# taking turns on a 2-CPU machine: with 12 the daemon waited 4.2 s of a
-# 1,000,000-event storm on the writer (bench/store.py: 36.7k events/s wall), with 32
-# 1.0-2.9 s (41.8k-46k), with 64 1.8 s (48.3k).
-MAX_IN_FLIGHT = 64
+# taking turns on a 2-CPU machine. bench/store.py, 1,000,000-event storm, events/s
+# wall: 12 x 1,000 rows 36.7k, 32 x 1,000 41.8k-47.7k, 64 x 1,000 48.3k-48.9k,
+# 16 x 4,000 52.3k-52.6k, 24 x 4,000 52.2k-55.5k (larger batches: fewer, larger
+# transactions and frames on both sides).
+MAX_IN_FLIGHT = 24
 PIPE_BYTES = 8 << 20  # the request pipe's size, when allowed (see _grow_pipe)
 _FRAME = struct.Struct("<cI")
 
