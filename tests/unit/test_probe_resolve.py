@@ -343,3 +343,39 @@ def test_cache_needs_only_the_programs_attached_probes_run(v612):
     # without the vcpu ESR offset the SEA probe is not attached: nothing of it is needed
     sea = by_probe["kvm_handle_guest_abort"]
     assert sea["fentry_fn"] not in needed_programs(plans, {}, vcpu_esr=False)
+
+
+@pytest.mark.parametrize("kernel", [K61, K612], ids=["6.1", "6.12"])
+def test_kallsyms_searched_by_prefix_gives_what_parsing_every_line_gives(kernel, tmp_path):
+    """The recorded arm64 symbols as /proc/kallsyms prints them (address, type, name,
+    some with a module), with look-alikes around them (data symbols, longer names, a
+    prefix in a module's name): the prefix search keeps exactly what the line parser
+    keeps, types included, and finds every probe target the fixture has."""
+    from rasd.sources import resolve as R
+
+    lines = []
+    for i, line in enumerate((kernel / "kallsyms.txt").read_text().splitlines()):
+        kind, name, *module = line.split()
+        module = module or (["[kvm]"] if i % 7 == 0 else [])
+        lines.append(f"ffff8000{i:08x} {kind} {name}" + "".join(f"\t{m}" for m in module))
+        lines.append(f"ffff9000{i:08x} d {name}")           # data: not a text symbol
+        lines.append(f"ffffa000{i:08x} t {name}_lookalike")  # a longer name
+        lines.append(f"ffffb000{i:08x} t x\t[{name}]")       # the name as a module
+    text = "\n".join(lines)  # (no newline at the end: the last line counts too)
+    path = tmp_path / "kallsyms"
+    path.write_text(text)
+    flt, prefixes = R.candidate_filter(), R.candidate_prefixes()
+    parsed = R._parse_kallsyms_lines(text.splitlines(), addr=True, flt=flt)
+    searched = R._read_kallsyms(path, flt, prefixes)
+    assert searched == parsed and list(searched) == list(parsed)
+    assert {"ghes_proc", "memory_failure", "apei_claim_sea"} <= set(searched)
+    assert any(n.startswith("ghes_do_proc") for n in searched)
+
+
+def test_every_probe_candidate_has_a_literal_prefix():
+    """Otherwise the daemon falls back to parsing every kallsyms line (correct, slower)."""
+    from rasd.sources import resolve as R
+
+    prefixes = R.candidate_prefixes()
+    assert prefixes is not None
+    assert R.candidate_prefixes([dataclasses.replace(P.PROBES[0], symbols=(r"re:\w*_x",))]) is None
