@@ -25,7 +25,7 @@ import platform
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .probes import PROBES, TRACE_SYSTEMS, Probe
 from . import lockdown as lockdown_mod
@@ -169,28 +169,63 @@ def normalize_arch(machine: str) -> str:
     return _ARCH_ALIASES.get(machine, machine)
 
 
-def candidate_filter(probes: Iterable[Probe] = PROBES) -> re.Pattern[str]:
-    parts = [re.escape(s) for s in FEATURE_SYMBOLS]
+def _candidates(probes: Iterable[Probe]) -> Iterator[tuple[str, bool]]:
+    """Every name the feature detection and the probes look for: (text, is a regex)."""
+    for s in FEATURE_SYMBOLS:
+        yield s, False
     for p in probes:
         for s in p.symbols:
-            parts.append(s[3:] if s.startswith("re:") else re.escape(s))
+            yield (s[3:], True) if s.startswith("re:") else (s, False)
+
+
+def candidate_filter(probes: Iterable[Probe] = PROBES) -> re.Pattern[str]:
+    parts = [s if is_regex else re.escape(s) for s, is_regex in _candidates(probes)]
     return re.compile("(?:" + "|".join(parts) + r")\Z")
 
 
 def candidate_prefixes(probes: Iterable[Probe] = PROBES) -> tuple[str, ...] | None:
-    """The literal beginning of every name candidate_filter() takes (a "re:" pattern's
-    leading word characters); None if one has none (then there is nothing to search for)."""
-    out = set(FEATURE_SYMBOLS)
-    for p in probes:
-        for s in p.symbols:
-            if s.startswith("re:"):
-                lead = re.match(r"\w*", s[3:]).group()
-                if not lead or len(lead) < len(s[3:]) and s[3 + len(lead)] in "?*{":
-                    return None  # the pattern's first word is optional or repeated
-                out.add(lead)
-            else:
-                out.add(s)
+    """The literal beginning of every name candidate_filter() takes; None if one has
+    none that is sure (then there is nothing to search for)."""
+    out = set()
+    for s, is_regex in _candidates(probes):
+        lead = _literal_lead(s) if is_regex else s
+        if not lead:
+            return None
+        out.add(lead)
     return tuple(sorted(out))
+
+
+def _literal_lead(pattern: str) -> str:
+    """The word characters every match of ``pattern`` begins with; "" when that is not
+    sure: a quantifier on the last of them, or an alternative at the top level."""
+    lead = re.match(r"\w*", pattern).group()
+    if pattern[len(lead):len(lead) + 1] in ("?", "*", "{") or _top_level_bar(pattern):
+        return ""
+    return lead
+
+
+def _top_level_bar(pattern: str) -> bool:
+    """Whether ``pattern`` has a "|" outside groups and character classes."""
+    depth, i, in_class = 0, 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":  # a "]" first in a class is itself
+                i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
 
 
 def _kallsyms_entry(line: str, addr: bool) -> tuple[str, str] | None:

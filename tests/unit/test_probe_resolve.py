@@ -377,5 +377,14 @@ def test_every_probe_candidate_has_a_literal_prefix():
     from rasd.sources import resolve as R
 
     prefixes = R.candidate_prefixes()
-    assert prefixes is not None
-    assert R.candidate_prefixes([dataclasses.replace(P.PROBES[0], symbols=(r"re:\w*_x",))]) is None
+    assert prefixes is not None and "ghes_do_proc" in prefixes
+
+    def lead(pattern: str) -> tuple[str, ...] | None:
+        probe = dataclasses.replace(P.PROBES[0], symbols=(f"re:{pattern}",))
+        return R.candidate_prefixes([probe])
+
+    assert lead(r"\w*_x") is None                    # no literal beginning
+    assert lead(r"do_seax?") is None                 # its last letter optional
+    assert lead(r"do_sea|sea_x") is None             # another beginning beside it
+    assert "do_sea" in lead(r"do_sea(\.(isra|part)\.\d+)*")  # "|" only inside a group
+    assert "do_sea" in lead(r"do_sea[|]\|x")         # "|" in a class, escaped
