@@ -207,6 +207,14 @@ class Share:
     passthrough: bool = False   # keep owners/modes (a rootfs); else "none"
 
 
+# "max" signs and checks pointers (PAuth) with the architected QARMA5 cipher, which TCG
+# computes in software at every signed return of the guest kernel (Debian builds it with
+# pointer authentication). The implementation-defined cipher is as good for a guest that
+# only needs PAuth to work, and measured here it boots in 7 s instead of 17, reads
+# /proc/kallsyms in 1.1 s instead of 5.3 and compiles a bcc program in 18 s instead of 30.
+CPU = "max,pauth-impdef=on"
+
+
 @dataclass
 class Guest:
     kernel: object              # build.Kernel
@@ -245,7 +253,7 @@ class Guest:
             nic = ["-netdev", f"user,id=n0{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile="]
         else:
             nic = ["-nic", "none"]
-        argv = [*self.qemu.argv, "-M", self.machine, "-cpu", "max", "-smp", str(self.smp),
+        argv = [*self.qemu.argv, "-M", self.machine, "-cpu", CPU, "-smp", str(self.smp),
                 "-m", self.mem, "-bios", str(self.qemu.firmware),
                 "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initrd),
                 "-append", append, "-display", "none", "-monitor", "none", *nic,
