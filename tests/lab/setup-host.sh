@@ -12,7 +12,7 @@ set -eu
 # NIC model whose ROM is not needed, see reference §8.2).
 PKGS="qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support
       mmdebstrap arch-test gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      cpio kmod e2fsprogs zstd xz-utils ca-certificates"
+      make cpio kmod e2fsprogs zstd xz-utils ca-certificates"
 
 missing=""
 for p in $PKGS; do
