@@ -342,3 +342,20 @@ def test_bert_arm_type_checksum_warning_and_read_limit(tmp_path):
     assert len(lines) == 5 and lines[-1]["index"] is None
     assert "read limit" in lines[-1]["error"]["reason"] and b"read limit" in proc.stderr
     assert [d["index"] for d in lines[:4]] == [0, 1, 2, 3]
+
+
+def test_status_loads_no_decoder_and_bert_default_is_the_decoders():
+    """`rasdctl status` imports no CPER/ESR/BERT decoder (health checks and the arm64 lab
+    run it often); `decode --bert`'s default path, kept apart for that, is the decoder's."""
+    probe = ("import sys; from rasd.cli import rasdctl; "
+             "rasdctl.main(['status', '--runtime-dir', sys.argv[1]]); "
+             "print(sorted(m for m in sys.modules if m.startswith('rasd.decode')))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", probe, "/nonexistent-rasd-runtime"],
+                          capture_output=True, cwd=REPO, env=env, timeout=60, text=True)
+    assert "not running" in proc.stderr
+    assert proc.stdout.strip() == "['rasd.decode', 'rasd.decode.inputs']"
+    from rasd.cli import rasdctl as ctl
+    from rasd.decode import bert
+    assert ctl.BERT_TABLES == str(bert.DEFAULT_TABLES)
+    assert build_parser().parse_args(["decode", "--bert"]).bert == str(bert.DEFAULT_TABLES)
