@@ -15,7 +15,6 @@ from collections import Counter
 import os
 import selectors
 import signal
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -342,7 +341,7 @@ class Daemon:
             self.metrics_error = None
             if self._selector is not None:
                 self._selector.register(self.metrics.fileno(), selectors.EVENT_READ, "metrics")
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError (a bad certificate or key) is one too
             message = f"metrics endpoint {m['address']}:{m['port']} unavailable: {exc}"
             if message != self.metrics_error:
                 log.error("%s (retrying)", message)
