@@ -3,7 +3,7 @@
 # boots Debian's arm64 kernels under QEMU and proves every probe there).
 #
 #   scripts/run-tests.sh              pytest (tests/unit, tests/host), then the arm64 lab
-#   RASD_LAB=0 scripts/run-tests.sh   pytest only (the lab takes ~30 min with a cold cache)
+#   RASD_LAB=0 scripts/run-tests.sh   pytest only (the lab takes ~20 min with a cold cache)
 #   scripts/run-tests.sh ARGS...      pytest ARGS only
 set -euo pipefail
 cd "$(dirname "$0")/.."

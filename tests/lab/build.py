@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
+import deb_uncompress
+
 LAB_DIR = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("RASD_LAB_CACHE", "/var/cache/rasd-lab"))
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -351,11 +353,10 @@ def build_rootfs(apt: LabApt, kernels: list[KernelChoice]) -> Path:
     """
     inputs = rootfs_inputs(apt, kernels)
     key = digest(recipe(build_rootfs, rootfs_inputs, kernel_placeholder), ROOTFS_PKGS,
-                 EXCLUDES, inputs)
+                 EXCLUDES, inputs, Path(deb_uncompress.__file__).read_text())
     final = CACHE / "rootfs" / f"arm64-{key}"
     if final.exists():
         return final
-    main, security = host_mirrors()
     log(f"rootfs ({len(inputs['pins'])} named packages) -> {final}")
     with building(final) as tmp:
         hooks = []
@@ -370,27 +371,49 @@ def build_rootfs(apt: LabApt, kernels: list[KernelChoice]) -> Path:
         # A path is only recognised as a lone --include item.
         placeholder = kernel_placeholder(kernels, tmp)
         (tmp / "root").mkdir()
-        # nice -10: the critical path of a cold build; the kernels, initrds and QEMU 11
-        # tree building beside it have minutes of slack
-        sh("nice", "-n", "-10", "mmdebstrap", "--mode=root", "--arch=arm64", "--variant=minbase",
-           "--aptopt=APT::Install-Recommends \"false\"", "--dpkgopt=force-unsafe-io",
-           "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
-           # /usr merged by symlinks as debootstrap does, not by the usrmerge package,
-           # whose conversion script (perl) takes ~15 s under qemu-user
-           "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-           *[f"--dpkgopt=path-exclude={e}" for e in EXCLUDES],
-           f"--include={placeholder}", f"--include={include}", *hooks,
-           # no apt lists in the image: it is never updated in place
-           "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-           "bookworm", tmp / "root",
-           f"deb {main} bookworm main", f"deb {main} bookworm-updates main",
-           f"deb {security} bookworm-security main", f"deb {main} bookworm-backports main",
-           env={**os.environ, "QEMU_CPU": QEMU_USER_CPU})
+        (tmp / "fifo").mkdir()
+        fifo_in_root = "/lab-uncompress"
+        uncompressor = deb_uncompress.FifoServer(tmp / "fifo", tmp / "root")
+        hooks += [f'--setup-hook=mkdir "$1"{fifo_in_root} && '
+                  f'mount --bind {tmp / "fifo"} "$1"{fifo_in_root}',
+                  f'--customize-hook=umount "$1"{fifo_in_root} && rmdir "$1"{fifo_in_root}']
+        try:
+            _mmdebstrap_rootfs(hooks, fifo_in_root, placeholder, include, tmp / "root")
+        finally:  # mmdebstrap's customize hook unmounts it unless it failed before
+            subprocess.run(["umount", f"{tmp}/root{fifo_in_root}"], capture_output=True)
+        uncompressor.stop()
+        log("rootfs: " + "; ".join(uncompressor.log))
+        shutil.rmtree(tmp / "fifo")
         (tmp / "inputs.json").write_text(json.dumps(inputs, indent=1))
         shutil.rmtree(tmp / "placeholder")
         shutil.rmtree(tmp / "debs", ignore_errors=True)
         (tmp / "placeholder.deb").unlink()
     return final
+
+
+def _mmdebstrap_rootfs(hooks: list[str], fifo_in_root: str, placeholder: Path, include: str,
+                       root: Path) -> None:
+    main, security = host_mirrors()
+    # nice -10: the critical path of a cold build; the kernels, initrds and QEMU 11 tree
+    # building beside it have minutes of slack
+    sh("nice", "-n", "-10", "mmdebstrap", "--mode=root", "--arch=arm64", "--variant=minbase",
+       "--aptopt=APT::Install-Recommends \"false\"", "--dpkgopt=force-unsafe-io",
+       # apt runs this hook before each dpkg call: dpkg then unpacks uncompressed
+       # data.tar members instead of xz-decoding them under qemu-user
+       f"--aptopt=DPkg::Pre-Install-Pkgs {{\"{deb_uncompress.hook_command(fifo_in_root)}\";}};",
+       "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+       # /usr merged by symlinks as debootstrap does, not by the usrmerge package,
+       # whose conversion script (perl) takes ~15 s under qemu-user
+       "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+       *[f"--dpkgopt=path-exclude={e}" for e in EXCLUDES],
+       f"--include={placeholder}", f"--include={include}", *hooks,
+       # no apt lists in the image: it is never updated in place; nor the hook
+       "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
+       "--customize-hook=sed -i /Pre-Install-Pkgs/d \"$1\"/etc/apt/apt.conf.d/99mmdebstrap",
+       "bookworm", root,
+       f"deb {main} bookworm main", f"deb {main} bookworm-updates main",
+       f"deb {security} bookworm-security main", f"deb {main} bookworm-backports main",
+       env={**os.environ, "QEMU_CPU": QEMU_USER_CPU})
 
 
 # --------------------------------------------------------------------------
