@@ -22,10 +22,8 @@ and its vCPU thread is called "CPU 0/KVM" as QEMU's is: rasd's VM attribution
 reads both.  Nothing else names the VM.
 
 Artefacts (cached under the lab cache, keyed by their inputs): the static VMM
-(cross-compiled on the host) and labsea.ko per kernel ABI, built against the
-rootfs' headers in a throw-away overlay of the cached rootfs, chrooted through
-qemu-user binfmt (the rootfs has gcc-12 but no make: Debian's make:arm64 is
-unpacked into the overlay).
+(cross-compiled on the host) and labsea.ko per kernel ABI, cross-compiled on the
+host by kbuild against the cached rootfs' headers (see build_module).
 """
 
 from __future__ import annotations
@@ -679,7 +677,6 @@ def _dead_vmm_named(ctx: Ctx, rasd: Rasd, results: dict) -> None:
     prefix = "PYTHONPATH=/rasd " if rasd.how == "checkout" else ""
     res = rasd.sh(f"""{prefix}python3 - <<'PY'
 import json
-import os
 from rasd.classify.vm import VmCache
 print(json.dumps(VmCache().lookup({ev["task"]["tgid"]}, None, "CPU 0/KVM",
                                   cgroup_id={ev["fields"]["cgroup_id"]})))
